@@ -1,0 +1,32 @@
+import express, { type Express } from 'express';
+import type { Store } from 'express-session';
+import helmet from 'helmet';
+import type { Logger } from 'pino';
+import type { Config } from './config';
+import { handleErrors, notFound } from './errors';
+import { createLogger, requestLogger } from './logger';
+import { healthRoutes } from './routes/health';
+import { sessionRoutes } from './routes/session';
+
+export interface AppOptions {
+  config: Readonly<Config>;
+  store: Store;
+  logger?: Logger;
+}
+
+/** The Express app: middleware order, routes, 404 and the error handler. It never listens. */
+export function createApp({ config, store, logger = createLogger(config) }: AppOptions): Express {
+  const app = express();
+  app.disable('x-powered-by');
+  // every answer is fresh and personal: an ETag would be hashing for nothing
+  app.set('etag', false);
+  app.set('trust proxy', config.trustProxy);
+
+  app.use(helmet());
+  if (config.logLevel !== 'silent') app.use(requestLogger(logger));
+  app.use(healthRoutes(store));
+  app.use(sessionRoutes(config, store));
+  app.use(notFound);
+  app.use(handleErrors(logger));
+  return app;
+}

@@ -1,0 +1,200 @@
+import { isIP } from 'node:net';
+
+export type LogLevel = 'silent' | 'error' | 'warn' | 'info' | 'debug';
+export type CookieSecure = boolean | 'auto';
+export type TrustProxy = boolean | number | string[];
+
+export interface Config {
+  port: number;
+  production: boolean;
+  /** the first signs, all verify */
+  secrets: string[];
+  cookieName: string;
+  idleTimeoutSeconds: number;
+  absoluteTimeoutSeconds: number;
+  cookieSecure: CookieSecure;
+  trustProxy: TrustProxy;
+  sessionStore: 'memory' | 'redis';
+  redisUrl: string;
+  sessionMemoryMax: number;
+  loginRateLimitPerMinute: number;
+  logLevel: LogLevel;
+  /** things worth saying at start-up that do not stop it */
+  warnings: string[];
+}
+
+export type Env = Record<string, string | undefined>;
+
+/** published in the tutorial, so never a secret */
+export const TUTORIAL_SECRET = '8unto0n4oc7903zm';
+export const DEVELOPMENT_SECRET = 'development-only-secret-never-use-in-production';
+export const MIN_PRODUCTION_SECRET_LENGTH = 32;
+
+const LOG_LEVELS: readonly LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug'];
+const TRUST_PROXY_NAMES = ['loopback', 'linklocal', 'uniquelocal'];
+// RFC 6265 cookie-name: an RFC 7230 token
+const COOKIE_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const ONE_YEAR_SECONDS = 365 * 24 * 60 * 60;
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/**
+ * Reads the configuration from an environment map. Pure: no I/O. Collects every problem and throws one
+ * ConfigError naming each bad variable.
+ */
+export function loadConfig(env: Env): Readonly<Config> {
+  const problems: string[] = [];
+  const warnings: string[] = [];
+  // an empty value (`NAME=` in a .env file) means "use the default"
+  const read = (name: string): string | undefined => {
+    const value = env[name]?.trim();
+    return value === '' ? undefined : value;
+  };
+  const integer = (name: string, fallback: number, min: number, max: number): number => {
+    const raw = read(name);
+    if (raw === undefined) return fallback;
+    const value = /^\d+$/.test(raw) ? Number(raw) : Number.NaN;
+    if (!(value >= min && value <= max)) {
+      problems.push(`${name} must be a whole number from ${min} to ${max} (got "${raw}")`);
+      return fallback;
+    }
+    return value;
+  };
+  const oneOf = <T extends string>(name: string, allowed: readonly T[], fallback: T): T => {
+    const raw = read(name);
+    if (raw === undefined) return fallback;
+    if (!(allowed as readonly string[]).includes(raw)) {
+      problems.push(`${name} must be one of ${allowed.join(', ')} (got "${raw}")`);
+      return fallback;
+    }
+    return raw as T;
+  };
+
+  const production = read('NODE_ENV') === 'production';
+
+  const port = integer('APPLICATION_PORT', 7501, 0, 65535);
+  const secrets = readSecrets(read('SESSION_SECRET'), production, problems, warnings);
+
+  const cookieName = read('SESSION_COOKIE_NAME') ?? 'sid';
+  if (!COOKIE_NAME.test(cookieName)) {
+    problems.push(`SESSION_COOKIE_NAME must be a cookie name token (letters, digits, !#$%&'*+-.^_\`|~) (got "${cookieName}")`);
+  } else if (cookieName === 'connect.sid') {
+    problems.push('SESSION_COOKIE_NAME must not be the framework default "connect.sid", which tells attackers what runs here');
+  }
+
+  const idleTimeoutSeconds = integer('SESSION_IDLE_TIMEOUT_SECONDS', 1800, 1, ONE_YEAR_SECONDS);
+  const absoluteTimeoutSeconds = integer('SESSION_ABSOLUTE_TIMEOUT_SECONDS', 28800, 1, ONE_YEAR_SECONDS);
+
+  const secure = oneOf('COOKIE_SECURE', ['true', 'false', 'auto'], production ? 'true' : 'false');
+  const cookieSecure: CookieSecure = secure === 'auto' ? 'auto' : secure === 'true';
+  if (production && cookieSecure === false) {
+    warnings.push('COOKIE_SECURE=false in production: the session cookie will also travel over plain HTTP');
+  }
+
+  const trustProxy = readTrustProxy(read('TRUST_PROXY'), problems);
+  const sessionStore = oneOf('SESSION_STORE', ['memory', 'redis'], 'memory');
+
+  const redisUrl = read('REDIS_URL') ?? 'redis://127.0.0.1:6379';
+  if (!isRedisUrl(redisUrl)) {
+    problems.push(`REDIS_URL must be a redis:// or rediss:// URL (got "${maskUrlPassword(redisUrl)}")`);
+  }
+
+  const sessionMemoryMax = integer('SESSION_MEMORY_MAX', 100_000, 1, 100_000_000);
+  const loginRateLimitPerMinute = integer('LOGIN_RATE_LIMIT_PER_MINUTE', 20, 0, 1_000_000);
+  const logLevel = oneOf('LOG_LEVEL', LOG_LEVELS, 'info');
+
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze({
+    port,
+    production,
+    secrets,
+    cookieName,
+    idleTimeoutSeconds,
+    absoluteTimeoutSeconds,
+    cookieSecure,
+    trustProxy,
+    sessionStore,
+    redisUrl,
+    sessionMemoryMax,
+    loginRateLimitPerMinute,
+    logLevel,
+    warnings,
+  });
+}
+
+function readSecrets(raw: string | undefined, production: boolean, problems: string[], warnings: string[]): string[] {
+  if (raw === undefined) {
+    if (production) {
+      problems.push(`SESSION_SECRET is required in production (at least ${MIN_PRODUCTION_SECRET_LENGTH} random characters)`);
+    } else {
+      warnings.push('SESSION_SECRET is not set: using a fixed development secret; never do this in production');
+    }
+    return [DEVELOPMENT_SECRET];
+  }
+  const secrets = raw.split(',').map((secret) => secret.trim());
+  if (secrets.some((secret) => secret === '')) {
+    problems.push('SESSION_SECRET has an empty entry in its comma-separated list');
+    return secrets;
+  }
+  const published = secrets.some((secret) => secret === TUTORIAL_SECRET || secret === DEVELOPMENT_SECRET);
+  if (production) {
+    if (published) {
+      problems.push('SESSION_SECRET must not be a published secret (the tutorial\'s fallback or the development secret)');
+    }
+    if (secrets.some((secret) => secret.length < MIN_PRODUCTION_SECRET_LENGTH)) {
+      problems.push(`SESSION_SECRET must be at least ${MIN_PRODUCTION_SECRET_LENGTH} characters per secret in production`);
+    }
+  } else if (published) {
+    warnings.push('SESSION_SECRET is a published secret; production refuses it');
+  }
+  return secrets;
+}
+
+function readTrustProxy(raw: string | undefined, problems: string[]): TrustProxy {
+  if (raw === undefined || raw === 'false') return false;
+  if (raw === 'true') return true;
+  if (/^\d+$/.test(raw)) return Number(raw);
+  const entries = raw.split(',').map((entry) => entry.trim());
+  const valid = entries.every((entry) => TRUST_PROXY_NAMES.includes(entry) || isAddressOrSubnet(entry));
+  if (!valid) {
+    problems.push(
+      `TRUST_PROXY must be true, false, a hop count, or a comma-separated list of ${TRUST_PROXY_NAMES.join('/')}, IP addresses and subnets (got "${raw}")`,
+    );
+    return false;
+  }
+  return entries;
+}
+
+function isAddressOrSubnet(entry: string): boolean {
+  const [address = '', bits, ...rest] = entry.split('/');
+  const version = isIP(address);
+  if (version === 0 || rest.length > 0) return false;
+  if (bits === undefined) return true;
+  return /^\d+$/.test(bits) && Number(bits) <= (version === 4 ? 32 : 128);
+}
+
+function isRedisUrl(value: string): boolean {
+  try {
+    const url = new URL(value);
+    return (url.protocol === 'redis:' || url.protocol === 'rediss:') && url.hostname !== '';
+  } catch {
+    return false;
+  }
+}
+
+/** the URL as it may be logged: any password replaced by *** */
+export function maskUrlPassword(value: string): string {
+  try {
+    const url = new URL(value);
+    if (url.password) url.password = '***';
+    return url.toString();
+  } catch {
+    // not a URL: hide everything between "://" and "@", where credentials would be
+    return value.replace(/\/\/[^@/]*@/, '//***@');
+  }
+}

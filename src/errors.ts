@@ -1,0 +1,70 @@
+import type { ErrorRequestHandler, RequestHandler } from 'express';
+import type { Logger } from 'pino';
+
+/** an error whose status and message are meant for the client */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly headers: Readonly<Record<string, string>> = {},
+  ) {
+    super(message);
+    this.name = 'HttpError';
+  }
+}
+
+/** the session store could not be reached or did not answer in time */
+export class StoreUnavailableError extends HttpError {
+  constructor(readonly reason: unknown) {
+    super(503, 'Session store unavailable, try again shortly', { 'Retry-After': '5' });
+    this.name = 'StoreUnavailableError';
+  }
+}
+
+export const notFound: RequestHandler = () => {
+  throw new HttpError(404, 'Not found');
+};
+
+/** for a route's other methods: 405 naming the ones it has */
+export function methodNotAllowed(allow: string): RequestHandler {
+  return () => {
+    throw new HttpError(405, 'Method not allowed', { Allow: allow });
+  };
+}
+
+// errors from Express and its parsers (http-errors) carry a status and say whether their message is safe to show
+interface ClientError {
+  status: number;
+  expose?: boolean;
+  message: string;
+}
+
+function isClientError(err: unknown): err is ClientError {
+  const status = (err as { status?: unknown } | null)?.status;
+  return typeof status === 'number' && status >= 400 && status < 500;
+}
+
+/** The one error handler: JSON for every failure, and nothing of a 5xx's cause in the response. */
+export function handleErrors(logger: Logger): ErrorRequestHandler {
+  return (err: unknown, req, res, _next) => {
+    if (err instanceof HttpError) {
+      if (err.status >= 500) logger.warn({ err: err instanceof StoreUnavailableError ? err.reason : err }, err.message);
+    } else if (!isClientError(err)) {
+      logger.error({ err, method: req.method, path: req.path }, 'unexpected error');
+    }
+    // the response is already on its way (a store touch failing at its end): nothing more to say to this client
+    if (res.headersSent) return;
+
+    let status = 500;
+    let message = 'Internal server error';
+    if (err instanceof HttpError) {
+      status = err.status;
+      message = err.message;
+      res.set(err.headers);
+    } else if (isClientError(err)) {
+      status = err.status;
+      message = err.expose === true ? err.message : 'Bad request';
+    }
+    res.status(status).json({ error: message });
+  };
+}

@@ -1,0 +1,133 @@
+import { Store, type SessionData } from 'express-session';
+import { HttpError } from './errors';
+import type { ExpiryRule } from './session';
+
+export interface MemoryStoreOptions {
+  /** most live sessions held at once */
+  max: number;
+  /** when a session is gone: the same rule the app enforces */
+  expiresAt: ExpiryRule;
+  /** how often expired sessions are swept out */
+  pruneIntervalMs: number;
+}
+
+/** the store is full of live sessions: a new login must wait for some to expire */
+export class StoreFullError extends HttpError {
+  constructor(retryAfterSeconds: number) {
+    super(503, 'Too many active sessions, try again later', { 'Retry-After': String(retryAfterSeconds) });
+    this.name = 'StoreFullError';
+  }
+}
+
+interface Entry {
+  json: string;
+  expiresAt: number;
+}
+
+type Callback = (err?: unknown) => void;
+type GetCallback = (err: unknown, session?: SessionData | null) => void;
+
+// a full store is swept at most this often, so a login flood cannot turn every request into a full scan
+const FULL_PRUNE_MIN_INTERVAL_MS = 1000;
+
+/**
+ * express-session's MemoryStore keeps every session nobody reads again and grows without bound; this one
+ * sweeps expired sessions on a timer, holds at most `max` live ones (counted by Map.size, O(1)), and refuses
+ * new sessions rather than evict live ones. Sessions are kept as JSON so nobody shares an object with it.
+ * Callbacks run synchronously: there is no I/O, and express-session then writes each response in one piece.
+ */
+export class BoundedMemoryStore extends Store {
+  private readonly sessions = new Map<string, Entry>();
+  private readonly timer: NodeJS.Timeout;
+  private lastPruneAt = 0;
+  private nextExpiryAt = Number.POSITIVE_INFINITY;
+
+  constructor(private readonly options: MemoryStoreOptions) {
+    super();
+    this.timer = setInterval(() => this.prune(), options.pruneIntervalMs);
+    // never keep the process alive for a sweep
+    this.timer.unref();
+  }
+
+  override get(sid: string, callback: GetCallback): void {
+    const entry = this.live(sid);
+    callback(null, entry ? (JSON.parse(entry.json) as SessionData) : null);
+  }
+
+  override set(sid: string, sess: SessionData, callback?: Callback): void {
+    const expiresAt = this.options.expiresAt(sess);
+    if (expiresAt <= Date.now()) {
+      this.sessions.delete(sid);
+      callback?.();
+      return;
+    }
+    if (!this.sessions.has(sid) && this.isFull()) {
+      const retryAfterMs = this.nextExpiryAt - Date.now();
+      callback?.(new StoreFullError(Number.isFinite(retryAfterMs) ? Math.max(1, Math.ceil(retryAfterMs / 1000)) : 60));
+      return;
+    }
+    this.sessions.set(sid, { json: JSON.stringify(sess), expiresAt });
+    callback?.();
+  }
+
+  override touch(sid: string, sess: SessionData, callback?: Callback): void {
+    // only a session still held is renewed: a touch racing a logout must not bring the session back
+    const entry = this.live(sid);
+    if (entry) {
+      entry.json = JSON.stringify(sess);
+      entry.expiresAt = this.options.expiresAt(sess);
+    }
+    callback?.();
+  }
+
+  override destroy(sid: string, callback?: Callback): void {
+    this.sessions.delete(sid);
+    callback?.();
+  }
+
+  override length(callback: (err: unknown, length?: number) => void): void {
+    callback(null, this.sessions.size);
+  }
+
+  override clear(callback?: Callback): void {
+    this.sessions.clear();
+    callback?.();
+  }
+
+  /** removes every expired session; returns how many went */
+  prune(now = Date.now()): number {
+    let removed = 0;
+    let nextExpiryAt = Number.POSITIVE_INFINITY;
+    for (const [sid, entry] of this.sessions) {
+      if (entry.expiresAt <= now) {
+        this.sessions.delete(sid);
+        removed += 1;
+      } else if (entry.expiresAt < nextExpiryAt) {
+        nextExpiryAt = entry.expiresAt;
+      }
+    }
+    this.lastPruneAt = now;
+    this.nextExpiryAt = nextExpiryAt;
+    return removed;
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+  }
+
+  private live(sid: string): Entry | undefined {
+    const entry = this.sessions.get(sid);
+    if (entry && entry.expiresAt <= Date.now()) {
+      this.sessions.delete(sid);
+      return undefined;
+    }
+    return entry;
+  }
+
+  private isFull(): boolean {
+    if (this.sessions.size < this.options.max) return false;
+    const now = Date.now();
+    if (now - this.lastPruneAt >= FULL_PRUNE_MIN_INTERVAL_MS) this.prune(now);
+    return this.sessions.size >= this.options.max;
+  }
+}

@@ -1,0 +1,94 @@
+import { RedisStore } from 'connect-redis';
+import type { SessionData } from 'express-session';
+import type { Logger } from 'pino';
+import { createClient } from 'redis';
+import { maskUrlPassword, type Config } from './config';
+import { StoreUnavailableError } from './errors';
+import type { ExpiryRule } from './session';
+import type { SessionStore } from './store';
+
+// a command that has not answered by then fails, so a stalled Redis gives a 503 well within 5 s
+const COMMAND_TIMEOUT_MS = 2000;
+// start-up waits this long for Redis (it may be starting beside us), then gives up well within 15 s
+const STARTUP_TIMEOUT_MS = 10_000;
+const MAX_RECONNECT_DELAY_MS = 2000;
+
+type Callback = (err?: unknown, data?: SessionData | null) => unknown;
+
+// a Redis failure becomes the 503 the client is owed; the cause is kept for the log
+function unavailableOnError(callback?: Callback): Callback {
+  return (err, data) => callback?.(err ? new StoreUnavailableError(err) : null, data);
+}
+
+class GuardedRedisStore extends RedisStore {
+  override get(sid: string, callback?: Callback) {
+    return super.get(sid, unavailableOnError(callback));
+  }
+
+  override set(sid: string, sess: SessionData, callback?: Callback) {
+    return super.set(sid, sess, unavailableOnError(callback));
+  }
+
+  // EXPIRE on a missing key does nothing, so a touch racing a logout cannot bring the session back
+  override touch(sid: string, sess: SessionData, callback?: Callback) {
+    return super.touch(sid, sess, unavailableOnError(callback));
+  }
+
+  override destroy(sid: string, callback?: Callback) {
+    return super.destroy(sid, unavailableOnError(callback));
+  }
+}
+
+/**
+ * Sessions in Redis through connect-redis, shared by every instance. While Redis is away, commands fail at
+ * once instead of queueing (no request hangs), and the client reconnects by itself.
+ */
+export function createRedisSessionStore(config: Readonly<Config>, expiresAt: ExpiryRule, logger: Logger): SessionStore {
+  const where = maskUrlPassword(config.redisUrl);
+  const client = createClient({
+    url: config.redisUrl,
+    disableOfflineQueue: true,
+    commandOptions: { timeout: COMMAND_TIMEOUT_MS },
+    socket: {
+      connectTimeout: COMMAND_TIMEOUT_MS,
+      reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, MAX_RECONNECT_DELAY_MS),
+    },
+  });
+  let lastError: unknown;
+  client.on('error', (err: unknown) => {
+    lastError = err;
+    logger.warn({ err, redis: where }, 'redis connection error');
+  });
+
+  const store = new GuardedRedisStore({
+    client,
+    // Redis drops a session when either timeout ends it, so nothing outlives its rule in memory
+    ttl: (sess: SessionData) => Math.ceil((expiresAt(sess) - Date.now()) / 1000),
+  });
+
+  return {
+    store,
+    async ready() {
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => reject(new Error('timed out')), STARTUP_TIMEOUT_MS);
+      });
+      try {
+        await Promise.race([client.connect(), timedOut]);
+      } catch (err) {
+        client.destroy();
+        // the socket's last error says more ("ECONNREFUSED") than the timeout that ended the wait
+        const seen = lastError ?? err;
+        const reason = seen instanceof Error ? seen.message : String(seen);
+        throw new Error(`Cannot reach Redis at ${where} (SESSION_STORE=redis): ${reason}`, { cause: err });
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+    async close() {
+      // a clean QUIT when Redis is there; otherwise stop reconnecting at once
+      if (client.isReady) await client.close();
+      else if (client.isOpen) client.destroy();
+    },
+  };
+}

@@ -1,0 +1,22 @@
+import { Router } from 'express';
+import type { Store } from 'express-session';
+import { methodNotAllowed } from '../errors';
+import { probeStore } from '../session';
+
+/** GET /healthz: 200 when the session store answers a real read, 503 when it does not */
+export function healthRoutes(store: Store): Router {
+  const router = Router();
+  router
+    .route('/healthz')
+    .get(async (_req, res) => {
+      res.set('Cache-Control', 'no-store');
+      try {
+        await probeStore(store);
+        res.json({ status: 'ok' });
+      } catch {
+        res.status(503).json({ status: 'unavailable' });
+      }
+    })
+    .all(methodNotAllowed('GET, HEAD'));
+  return router;
+}

@@ -1,0 +1,95 @@
+import cookieParser from 'cookie-parser';
+import { Router, type Request, type RequestHandler, type Response } from 'express';
+import { rateLimit } from 'express-rate-limit';
+import type { Store } from 'express-session';
+import type { Config } from '../config';
+import { HttpError, methodNotAllowed } from '../errors';
+import { createExpiryRule, createSessionMiddleware, enforceTimeouts, settle } from '../session';
+
+export const MAX_NAME_LENGTH = 64;
+// C0 and C1 control characters, DEL included: never part of a name, and the stuff of log and header injection
+const CONTROL_CHARACTER = /\p{Cc}/u;
+
+/** The login name from `?name=`: trimmed, 1 to 64 characters of any script, one value, no control characters. */
+export function parseName(value: unknown): string {
+  if (value === undefined) throw new HttpError(400, 'Query parameter "name" is required');
+  if (typeof value !== 'string') throw new HttpError(400, 'Query parameter "name" must be given once');
+  if (CONTROL_CHARACTER.test(value)) throw new HttpError(400, 'Query parameter "name" must not contain control characters');
+  const name = value.trim();
+  if (name === '') throw new HttpError(400, 'Query parameter "name" must not be empty or blank');
+  // count code points, so "李" or an emoji is one character, as a person counts
+  if ([...name].length > MAX_NAME_LENGTH) {
+    throw new HttpError(400, `Query parameter "name" must be at most ${MAX_NAME_LENGTH} characters`);
+  }
+  return name;
+}
+
+export async function login(req: Request, res: Response): Promise<void> {
+  const name = parseName(req.query.name);
+  // a new session ID at every login, so an ID planted before login is worthless after it (session fixation)
+  await settle(req.session, 'regenerate');
+  req.session.user = { name };
+  req.session.loginAt = Date.now();
+  // saved before answering: a store that is full or down gets its error answer, not a 201 and a lost session
+  await settle(req.session, 'save');
+  res.status(201).json({ info: 'User logged in' });
+}
+
+export function showUser(req: Request, res: Response): void {
+  const user = req.session.user;
+  if (user === undefined) {
+    res.status(200).json({ info: 'No data present in session' });
+    return;
+  }
+  res.json({ info: 'User profile info', data: { name: user.name } });
+}
+
+export function logout({ cookieName, cookieSecure }: Pick<Config, 'cookieName' | 'cookieSecure'>) {
+  return async (req: Request, res: Response): Promise<void> => {
+    // any cookie of that name, valid or not, is cleared: the browser should not keep sending it
+    const carried = req.cookies?.[cookieName] !== undefined || req.signedCookies?.[cookieName] !== undefined;
+    if (carried) {
+      await settle(req.session, 'destroy');
+      // cleared with the attributes it was set with, or the browser keeps it
+      const secure = cookieSecure === 'auto' ? req.secure : cookieSecure;
+      res.clearCookie(cookieName, { path: '/', httpOnly: true, sameSite: 'lax', secure });
+    }
+    res.status(204).end();
+  };
+}
+
+const noStore: RequestHandler = (_req, res, next) => {
+  res.set('Cache-Control', 'no-store');
+  next();
+};
+
+function loginRateLimit(perMinute: number): RequestHandler[] {
+  if (perMinute === 0) return [];
+  return [
+    rateLimit({
+      windowMs: 60_000,
+      limit: perMinute,
+      standardHeaders: 'draft-8',
+      legacyHeaders: false,
+      // express-rate-limit has set Retry-After already; the error handler writes the JSON
+      handler: (_req, _res, next) => next(new HttpError(429, 'Too many login attempts, try again later')),
+    }),
+  ];
+}
+
+/** POST /login, GET /user and POST /logout, each with the session loaded and its timeouts enforced */
+export function sessionRoutes(config: Readonly<Config>, store: Store): Router {
+  const router = Router();
+  const withSession = [noStore, createSessionMiddleware(config, store), enforceTimeouts(createExpiryRule(config))];
+
+  router
+    .route('/login')
+    .post(...loginRateLimit(config.loginRateLimitPerMinute), ...withSession, login)
+    .all(methodNotAllowed('POST'));
+  router.route('/user').get(...withSession, showUser).all(methodNotAllowed('GET, HEAD'));
+  router
+    .route('/logout')
+    .post(cookieParser(config.secrets), ...withSession, logout(config))
+    .all(methodNotAllowed('POST'));
+  return router;
+}

@@ -1,0 +1,84 @@
+import session, { type Session, type SessionData, type Store } from 'express-session';
+import type { RequestHandler } from 'express';
+import type { Config } from './config';
+
+export interface User {
+  name: string;
+}
+
+declare module 'express-session' {
+  interface SessionData {
+    user: User;
+    /** when the user logged in (epoch ms): the absolute timeout counts from here */
+    loginAt: number;
+  }
+}
+
+/** a stored session as a store sees it: once serialised, `cookie.expires` comes back as a string */
+export type StoredSession = Pick<SessionData, 'cookie'> & Partial<Pick<SessionData, 'loginAt'>>;
+
+/** when a session is gone for good (epoch ms) */
+export type ExpiryRule = (sess: StoredSession) => number;
+
+/**
+ * The one rule for both timeouts: a session ends at its idle expiry (the cookie's expiry, pushed forward on
+ * every use) or at login + the absolute timeout, whichever comes first. Stores use it to drop and prune
+ * sessions; `enforceTimeouts` uses it on every request.
+ */
+export function createExpiryRule(config: Pick<Config, 'absoluteTimeoutSeconds'>): ExpiryRule {
+  const absoluteMs = config.absoluteTimeoutSeconds * 1000;
+  return (sess) => {
+    const expires = sess.cookie?.expires;
+    const idleEnd = expires ? new Date(expires).getTime() : Number.POSITIVE_INFINITY;
+    const absoluteEnd = typeof sess.loginAt === 'number' ? sess.loginAt + absoluteMs : Number.POSITIVE_INFINITY;
+    return Math.min(idleEnd, absoluteEnd);
+  };
+}
+
+/** express-session configured from SPEC.md: named cookie, no anonymous sessions, expiry renewed on use. */
+export function createSessionMiddleware(config: Readonly<Config>, store: Store): RequestHandler {
+  return session({
+    name: config.cookieName,
+    secret: config.secrets,
+    store,
+    resave: false,
+    saveUninitialized: false,
+    // renew the cookie's expiry on every response, so an active user is never logged out by the browser
+    rolling: true,
+    unset: 'destroy',
+    cookie: {
+      httpOnly: true,
+      sameSite: 'lax',
+      path: '/',
+      secure: config.cookieSecure,
+      maxAge: config.idleTimeoutSeconds * 1000,
+    },
+  });
+}
+
+/** drops a loaded session past either timeout, whatever the store's own expiry granularity */
+export function enforceTimeouts(expiresAt: ExpiryRule): RequestHandler {
+  return async (req, _res, next) => {
+    if (req.session.user !== undefined && expiresAt(req.session) <= Date.now()) {
+      // regenerate, not destroy: the old one leaves the store and the request goes on with an empty session
+      await settle(req.session, 'regenerate');
+    }
+    next();
+  };
+}
+
+/** express-session's callback methods as promises: the one helper every caller uses */
+export function settle(sess: Session, method: 'regenerate' | 'save' | 'destroy'): Promise<void> {
+  return new Promise((resolve, reject) => {
+    sess[method]((err: unknown) => (err ? reject(err) : resolve()));
+  });
+}
+
+const PROBE_ID = 'healthz-probe';
+
+/** a real round trip to the store, through the same `get` that loads sessions */
+export function probeStore(store: Store): Promise<void> {
+  return new Promise((resolve, reject) => {
+    store.get(PROBE_ID, (err: unknown) => (err ? reject(err) : resolve()));
+  });
+}

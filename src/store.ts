@@ -1,0 +1,39 @@
+import type { Store } from 'express-session';
+import type { Logger } from 'pino';
+import type { Config } from './config';
+import { BoundedMemoryStore } from './memory-store';
+import { createExpiryRule } from './session';
+
+export interface SessionStore {
+  /** what express-session is given */
+  store: Store;
+  /** resolves once the store can serve sessions; rejects, naming the store, when it cannot */
+  ready(): Promise<void>;
+  /** lets go of timers and connections */
+  close(): Promise<void>;
+}
+
+// sweep often enough that a full store frees up soon, but no more than once a minute
+const MAX_PRUNE_INTERVAL_MS = 60_000;
+
+/**
+ * The session store named by SESSION_STORE: `memory` (bounded, one process) or `redis` (shared by every
+ * instance; its packages are loaded only when chosen).
+ */
+export async function createSessionStore(config: Readonly<Config>, logger: Logger): Promise<SessionStore> {
+  const expiresAt = createExpiryRule(config);
+  if (config.sessionStore === 'redis') {
+    const { createRedisSessionStore } = await import('./redis-store');
+    return createRedisSessionStore(config, expiresAt, logger);
+  }
+  const store = new BoundedMemoryStore({
+    max: config.sessionMemoryMax,
+    expiresAt,
+    pruneIntervalMs: Math.min(config.idleTimeoutSeconds * 1000, MAX_PRUNE_INTERVAL_MS),
+  });
+  return {
+    store,
+    ready: async () => {},
+    close: async () => store.close(),
+  };
+}
