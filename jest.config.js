@@ -6,5 +6,4 @@ module.exports = {
   transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json', diagnostics: false }] },
   // type errors are `npm run typecheck`'s job; tests only need the code transpiled
   testTimeout: 30_000,
-  setupFiles: ['<rootDir>/test/setup.ts'],
 };

@@ -45,7 +45,6 @@ export function createSessionMiddleware(config: Readonly<Config>, store: Store):
     saveUninitialized: false,
     // renew the cookie's expiry on every response, so an active user is never logged out by the browser
     rolling: true,
-    unset: 'destroy',
     cookie: {
       httpOnly: true,
       sameSite: 'lax',

@@ -1,0 +1,185 @@
+import { ConfigError, DEVELOPMENT_SECRET, loadConfig, maskUrlPassword, TUTORIAL_SECRET, type Env } from '../src/config';
+
+const STRONG = 'x'.repeat(32);
+const production = (env: Env = {}): Env => ({ NODE_ENV: 'production', SESSION_SECRET: STRONG, ...env });
+
+function problemsOf(env: Env): string[] {
+  try {
+    loadConfig(env);
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems;
+    throw err;
+  }
+  throw new Error('expected loadConfig to throw a ConfigError');
+}
+
+describe('loadConfig', () => {
+  it('when nothing is set, then every default of SPEC.md applies', () => {
+    const config = loadConfig({});
+
+    expect(config).toMatchObject({
+      port: 7501,
+      production: false,
+      secrets: [DEVELOPMENT_SECRET],
+      cookieName: 'sid',
+      idleTimeoutSeconds: 1800,
+      absoluteTimeoutSeconds: 28800,
+      cookieSecure: false,
+      trustProxy: false,
+      sessionStore: 'memory',
+      redisUrl: 'redis://127.0.0.1:6379',
+      sessionMemoryMax: 100000,
+      loginRateLimitPerMinute: 20,
+      logLevel: 'info',
+    });
+    expect(config.warnings.join('\n')).toMatch(/SESSION_SECRET is not set/);
+  });
+
+  it('when every variable is set, then each is read', () => {
+    const config = loadConfig({
+      APPLICATION_PORT: '8080',
+      NODE_ENV: 'production',
+      SESSION_SECRET: `${STRONG}, ${'y'.repeat(40)}`,
+      SESSION_COOKIE_NAME: '__Host-session',
+      SESSION_IDLE_TIMEOUT_SECONDS: '60',
+      SESSION_ABSOLUTE_TIMEOUT_SECONDS: '600',
+      COOKIE_SECURE: 'auto',
+      TRUST_PROXY: 'loopback, 10.0.0.0/8',
+      SESSION_STORE: 'redis',
+      REDIS_URL: 'redis://:pw@cache:6380/2',
+      SESSION_MEMORY_MAX: '5',
+      LOGIN_RATE_LIMIT_PER_MINUTE: '0',
+      LOG_LEVEL: 'debug',
+    });
+
+    expect(config).toMatchObject({
+      port: 8080,
+      production: true,
+      secrets: [STRONG, 'y'.repeat(40)],
+      cookieName: '__Host-session',
+      idleTimeoutSeconds: 60,
+      absoluteTimeoutSeconds: 600,
+      cookieSecure: 'auto',
+      trustProxy: ['loopback', '10.0.0.0/8'],
+      sessionStore: 'redis',
+      redisUrl: 'redis://:pw@cache:6380/2',
+      sessionMemoryMax: 5,
+      loginRateLimitPerMinute: 0,
+      logLevel: 'debug',
+      warnings: [],
+    });
+  });
+
+  it('when a value is empty (NAME= in .env), then the default applies', () => {
+    expect(loadConfig({ APPLICATION_PORT: '', LOG_LEVEL: ' ' })).toMatchObject({ port: 7501, logLevel: 'info' });
+  });
+
+  it('when the result is returned, then it is frozen', () => {
+    expect(Object.isFrozen(loadConfig({}))).toBe(true);
+  });
+
+  it.each([
+    ['APPLICATION_PORT', 'abc'],
+    ['APPLICATION_PORT', '70000'],
+    ['APPLICATION_PORT', '-1'],
+    ['APPLICATION_PORT', '80.5'],
+    ['SESSION_IDLE_TIMEOUT_SECONDS', '0'],
+    ['SESSION_IDLE_TIMEOUT_SECONDS', '30m'],
+    ['SESSION_ABSOLUTE_TIMEOUT_SECONDS', 'forever'],
+    ['SESSION_MEMORY_MAX', '0'],
+    ['LOGIN_RATE_LIMIT_PER_MINUTE', 'lots'],
+    ['COOKIE_SECURE', 'yes'],
+    ['SESSION_STORE', 'postgres'],
+    ['REDIS_URL', 'http://127.0.0.1:6379'],
+    ['REDIS_URL', 'not a url'],
+    ['LOG_LEVEL', 'verbose'],
+    ['TRUST_PROXY', 'everyone'],
+    ['TRUST_PROXY', '10.0.0.0/33'],
+    ['SESSION_COOKIE_NAME', 'has space'],
+    ['SESSION_COOKIE_NAME', 'semi;colon'],
+    ['SESSION_COOKIE_NAME', 'connect.sid'],
+    ['SESSION_SECRET', 'a,,b'],
+  ])('when %s is %j, then start-up is refused naming it', (name, value) => {
+    const problems = problemsOf({ [name]: value });
+
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toContain(name);
+  });
+
+  it('when several values are bad, then one error names every one of them', () => {
+    let error: unknown;
+    try {
+      loadConfig({ APPLICATION_PORT: 'abc', LOG_LEVEL: 'loud', SESSION_STORE: 'disk' });
+    } catch (err) {
+      error = err;
+    }
+
+    expect(error).toBeInstanceOf(ConfigError);
+    const message = (error as ConfigError).message;
+    expect(message).toContain('APPLICATION_PORT');
+    expect(message).toContain('LOG_LEVEL');
+    expect(message).toContain('SESSION_STORE');
+  });
+
+  it.each([
+    ['1', 1],
+    ['true', true],
+    ['false', false],
+    ['loopback', ['loopback']],
+    ['127.0.0.1, ::1, fd00::/8', ['127.0.0.1', '::1', 'fd00::/8']],
+  ])('when TRUST_PROXY is %j, then Express gets %j', (value, expected) => {
+    expect(loadConfig({ TRUST_PROXY: value }).trustProxy).toEqual(expected);
+  });
+
+  describe('in production', () => {
+    it('when the secret is missing, then start-up is refused naming SESSION_SECRET', () => {
+      expect(problemsOf({ NODE_ENV: 'production' }).join()).toMatch(/SESSION_SECRET is required/);
+    });
+
+    it('when the secret is shorter than 32 characters, then start-up is refused', () => {
+      expect(problemsOf(production({ SESSION_SECRET: 'x'.repeat(31) })).join()).toMatch(/SESSION_SECRET must be at least 32/);
+    });
+
+    it('when any secret of the list is short, then start-up is refused', () => {
+      expect(problemsOf(production({ SESSION_SECRET: `${STRONG},short` })).join()).toMatch(/SESSION_SECRET/);
+    });
+
+    it("when the secret is the tutorial's published fallback, then start-up is refused", () => {
+      expect(problemsOf(production({ SESSION_SECRET: TUTORIAL_SECRET })).join()).toMatch(/SESSION_SECRET must not be a published secret/);
+    });
+
+    it("when the tutorial's fallback is padded into the list, then start-up is still refused", () => {
+      expect(problemsOf(production({ SESSION_SECRET: `${STRONG},${TUTORIAL_SECRET}` })).join()).toMatch(/published/);
+    });
+
+    it('when the development secret is used, then start-up is refused', () => {
+      expect(problemsOf(production({ SESSION_SECRET: DEVELOPMENT_SECRET })).join()).toMatch(/published/);
+    });
+
+    it('when the secret is strong, then the cookie is Secure by default', () => {
+      expect(loadConfig(production()).cookieSecure).toBe(true);
+    });
+
+    it('when COOKIE_SECURE=false, then it starts with a warning', () => {
+      expect(loadConfig(production({ COOKIE_SECURE: 'false' })).warnings.join()).toMatch(/COOKIE_SECURE=false/);
+    });
+  });
+
+  it("when outside production the tutorial's secret is used, then it starts with a warning", () => {
+    const config = loadConfig({ SESSION_SECRET: TUTORIAL_SECRET });
+
+    expect(config.secrets).toEqual([TUTORIAL_SECRET]);
+    expect(config.warnings.join()).toMatch(/published/);
+  });
+});
+
+describe('maskUrlPassword', () => {
+  it.each([
+    ['redis://:hunter2@cache:6379', 'redis://:***@cache:6379'],
+    ['redis://user:hunter2@cache:6379/1', 'redis://user:***@cache:6379/1'],
+    ['redis://127.0.0.1:6379', 'redis://127.0.0.1:6379'],
+    ['not a url://user:hunter2@x', 'not a url://***@x'],
+  ])('when the URL is %s, then it is shown as %s', (url, shown) => {
+    expect(maskUrlPassword(url)).toBe(shown);
+  });
+});
