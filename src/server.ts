@@ -51,15 +51,18 @@ async function main(): Promise<void> {
     logger.info({ signal }, 'shutting down');
     const force = setTimeout(() => server.closeAllConnections(), SHUTDOWN_GRACE_MS);
     force.unref();
-    // stop accepting; idle keep-alive connections close now, busy ones once their response is out
+    // keep-alive connections close as soon as they fall idle, busy ones once their response is out
+    const sweep = setInterval(() => server.closeIdleConnections(), 100);
+    sweep.unref();
+    // stop accepting; the callback runs when the last connection is gone
     server.close(() => {
       clearTimeout(force);
+      clearInterval(sweep);
       sessions
         .close()
         .catch((err: unknown) => logger.warn({ err }, 'closing the session store failed'))
         .finally(() => process.exit(0));
     });
-    server.closeIdleConnections();
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

@@ -4,6 +4,8 @@ import type { AddressInfo } from 'node:net';
 import net from 'node:net';
 import type { Server } from 'node:http';
 import type { Express } from 'express';
+import path from 'node:path';
+import newman, { type NewmanRunSummary } from 'newman';
 import type { Response } from 'supertest';
 import { createApp } from '../src/app';
 import { loadConfig, type Config, type Env } from '../src/config';
@@ -188,3 +190,31 @@ export class RedisServer {
     await once(child, 'exit');
   }
 }
+
+/**
+ * Logs in, then fires reads of that session around a logout, all at once: returns the cookie. Afterwards the
+ * session must stay logged out, whatever order the store saw the reads' touches and the logout's delete in.
+ */
+export async function logoutRacingReads(app: Express, reads = 30): Promise<string> {
+  const { default: request } = await import('supertest');
+  const cookie = cookieHeader(shouldSetCookie(await request(app).post('/login?name=racer').expect(201)));
+  const read = () => request(app).get('/user').set('Cookie', cookie);
+  const before = Array.from({ length: reads }, read);
+  const logout = request(app).post('/logout').set('Cookie', cookie).expect(204);
+  const after = Array.from({ length: reads }, read);
+  await Promise.all([...before, logout, ...after]);
+  return cookie;
+}
+
+const COLLECTION = path.join(__dirname, '..', 'postman', 'session-management.postman_collection.json');
+
+/** runs the collection with newman against `baseUrl`; resolves with the run's summary */
+export function runCollection(baseUrl: string): Promise<NewmanRunSummary> {
+  return new Promise((resolve, reject) => {
+    newman.run(
+      { collection: COLLECTION, envVar: [{ key: 'baseUrl', value: baseUrl }], reporters: [], timeoutRequest: 5000 },
+      (err, summary) => (err ? reject(err) : resolve(summary)),
+    );
+  });
+}
+

@@ -92,10 +92,10 @@ describe('session cookie attributes', () => {
   });
 
   it('when logging out in production behind the proxy, then the clearing cookie is Secure too (or the browser keeps the old)', async () => {
-    const agent = request.agent(makeApp({ ...PRODUCTION, TRUST_PROXY: '1' }).app);
-    const login = await agent.post('/login?name=daniel').set('X-Forwarded-Proto', 'https').expect(201);
+    const { app } = makeApp({ ...PRODUCTION, TRUST_PROXY: '1' });
+    const login = await request(app).post('/login?name=daniel').set('X-Forwarded-Proto', 'https').expect(201);
 
-    const res = await request(agent.app)
+    const res = await request(app)
       .post('/logout')
       .set('X-Forwarded-Proto', 'https')
       .set('Cookie', cookieHeader(shouldSetCookie(login)))

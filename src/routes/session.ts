@@ -26,12 +26,18 @@ export function parseName(value: unknown): string {
 
 export async function login(req: Request, res: Response): Promise<void> {
   const name = parseName(req.query.name);
-  // a new session ID at every login, so an ID planted before login is worthless after it (session fixation)
-  await settle(req.session, 'regenerate');
-  req.session.user = { name };
-  req.session.loginAt = Date.now();
-  // saved before answering: a store that is full or down gets its error answer, not a 201 and a lost session
-  await settle(req.session, 'save');
+  try {
+    // a new session ID at every login, so an ID planted before login is worthless after it (session fixation)
+    await settle(req.session, 'regenerate');
+    req.session.user = { name };
+    req.session.loginAt = Date.now();
+    // saved before answering: a store that is full or down gets its error answer, not a 201 and a lost session
+    await settle(req.session, 'save');
+  } catch (err) {
+    // nothing usable was stored: without a session, express-session sends no cookie and saves nothing at the end
+    Reflect.deleteProperty(req, 'session');
+    throw err;
+  }
   res.status(201).json({ info: 'User logged in' });
 }
 

@@ -1,0 +1,172 @@
+import request from 'supertest';
+import type { SessionData } from 'express-session';
+import { BoundedMemoryStore, StoreFullError } from '../src/memory-store';
+import { createExpiryRule } from '../src/session';
+import { cookieHeader, logoutRacingReads, makeApp, shouldNotSetCookie, shouldSetCookie, sleep } from './helpers';
+
+const rule = createExpiryRule({ absoluteTimeoutSeconds: 3600 });
+
+function session(expiresInMs: number, extra: Partial<SessionData> = {}): SessionData {
+  return { cookie: { expires: new Date(Date.now() + expiresInMs), originalMaxAge: expiresInMs }, ...extra } as SessionData;
+}
+
+function storeWith(max: number, pruneIntervalMs = 60_000): BoundedMemoryStore {
+  return new BoundedMemoryStore({ max, expiresAt: rule, pruneIntervalMs });
+}
+
+function get(store: BoundedMemoryStore, sid: string): SessionData | null | undefined {
+  let result: SessionData | null | undefined;
+  store.get(sid, (_err, sess) => (result = sess));
+  return result;
+}
+
+function size(store: BoundedMemoryStore): number {
+  let result = -1;
+  store.length((_err, n) => (result = n ?? -1));
+  return result;
+}
+
+describe('BoundedMemoryStore', () => {
+  it('when sessions expire, then prune removes exactly those and keeps the live ones', async () => {
+    const store = storeWith(10);
+    store.set('gone-1', session(20));
+    store.set('gone-2', session(20));
+    store.set('live', session(60_000));
+    await sleep(40);
+
+    const removed = store.prune();
+
+    expect(removed).toBe(2);
+    expect(size(store)).toBe(1);
+    expect(get(store, 'live')).not.toBeNull();
+    store.close();
+  });
+
+  it('when the prune timer fires, then expired sessions nobody reads again are swept', async () => {
+    const store = storeWith(10, 30);
+    store.set('forgotten', session(10));
+
+    await sleep(120);
+
+    expect(size(store)).toBe(0);
+    store.close();
+  });
+
+  it('when a session has expired but not yet been swept, then it is never served', async () => {
+    const store = storeWith(10);
+    store.set('old', session(10));
+    await sleep(30);
+
+    expect(get(store, 'old')).toBeNull();
+    expect(size(store)).toBe(0);
+    store.close();
+  });
+
+  it('when a session is past its absolute timeout, then it is never served, however fresh its cookie', () => {
+    const store = new BoundedMemoryStore({ max: 10, expiresAt: createExpiryRule({ absoluteTimeoutSeconds: 1 }), pruneIntervalMs: 60_000 });
+    store.set('veteran', session(60_000, { loginAt: Date.now() - 2000 }));
+
+    expect(get(store, 'veteran')).toBeNull();
+    store.close();
+  });
+
+  it('when the store is full of live sessions, then a new one is refused with StoreFullError and none is evicted', () => {
+    const store = storeWith(2);
+    store.set('a', session(60_000));
+    store.set('b', session(60_000));
+    let error: unknown;
+
+    store.set('c', session(60_000), (err) => (error = err));
+
+    expect(error).toBeInstanceOf(StoreFullError);
+    expect((error as StoreFullError).status).toBe(503);
+    expect(Number((error as StoreFullError).headers['Retry-After'])).toBeGreaterThan(0);
+    expect(get(store, 'a')).not.toBeNull();
+    expect(get(store, 'b')).not.toBeNull();
+    expect(get(store, 'c')).toBeNull();
+    store.close();
+  });
+
+  it('when the store is full, then an existing session can still be saved', () => {
+    const store = storeWith(1);
+    store.set('a', session(60_000, { user: { name: 'first' } }));
+    let error: unknown = 'not called';
+
+    store.set('a', session(60_000, { user: { name: 'second' } }), (err) => (error = err));
+
+    expect(error).toBeUndefined();
+    expect(get(store, 'a')?.user).toEqual({ name: 'second' });
+    store.close();
+  });
+
+  it('when a touch comes after a destroy, then the session stays gone', () => {
+    const store = storeWith(10);
+    store.set('s', session(60_000));
+    const loaded = get(store, 's')!;
+
+    store.destroy('s');
+    store.touch('s', loaded);
+
+    expect(get(store, 's')).toBeNull();
+    expect(size(store)).toBe(0);
+    store.close();
+  });
+
+  it('when sessions are kept, then a caller changing what it got back does not change the store', () => {
+    const store = storeWith(10);
+    store.set('s', session(60_000, { user: { name: 'kept' } }));
+
+    get(store, 's')!.user!.name = 'changed';
+
+    expect(get(store, 's')?.user).toEqual({ name: 'kept' });
+    store.close();
+  });
+});
+
+describe('the memory store behind the app', () => {
+  it('when SESSION_MEMORY_MAX live sessions exist, then a new login gets 503 JSON with Retry-After and the others keep working', async () => {
+    const { app } = makeApp({ SESSION_MEMORY_MAX: '3' });
+    const cookies: string[] = [];
+    for (const name of ['a', 'b', 'c']) {
+      cookies.push(cookieHeader(shouldSetCookie(await request(app).post(`/login?name=${name}`).expect(201))));
+    }
+
+    const refused = await request(app).post('/login?name=d');
+
+    expect(refused.status).toBe(503);
+    expect(refused.body).toEqual({ error: expect.stringMatching(/too many active sessions/i) });
+    expect(Number(refused.headers['retry-after'])).toBeGreaterThan(0);
+    shouldNotSetCookie(refused);
+    const profiles = await Promise.all(cookies.map((cookie) => request(app).get('/user').set('Cookie', cookie)));
+    expect(profiles.map((res) => res.body.data?.name)).toEqual(['a', 'b', 'c']);
+  });
+
+  it('when the store is full, then a logged-in user logging in again still succeeds (its old session makes room)', async () => {
+    const { app } = makeApp({ SESSION_MEMORY_MAX: '1' });
+    const cookie = cookieHeader(shouldSetCookie(await request(app).post('/login?name=a').expect(201)));
+
+    const res = await request(app).post('/login?name=b').set('Cookie', cookie);
+
+    expect(res.status).toBe(201);
+  });
+
+  it('when full sessions expire, then new logins are taken again', async () => {
+    const { app } = makeApp({ SESSION_MEMORY_MAX: '2', SESSION_IDLE_TIMEOUT_SECONDS: '1' });
+    await request(app).post('/login?name=a').expect(201);
+    await request(app).post('/login?name=b').expect(201);
+    await request(app).post('/login?name=c').expect(503);
+
+    await sleep(1200);
+
+    await request(app).post('/login?name=c').expect(201);
+  });
+
+  it('when a logout races reads of the same session, then it stays logged out and out of the store', async () => {
+    const { app, store } = makeApp();
+
+    const cookie = await logoutRacingReads(app);
+
+    expect((await request(app).get('/user').set('Cookie', cookie)).body).toEqual({ info: 'No data present in session' });
+    expect(size(store)).toBe(0);
+  });
+});

@@ -1,0 +1,131 @@
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { once } from 'node:events';
+import http from 'node:http';
+import net from 'node:net';
+import path from 'node:path';
+import { freePort, runCollection, sleep } from './helpers';
+
+const ROOT = path.join(__dirname, '..');
+const SERVER = path.join(ROOT, 'src', 'server.ts');
+
+interface Run {
+  child: ChildProcessWithoutNullStreams;
+  output: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; afterMs: number }>;
+}
+
+/** the real entry point, as `npm start` runs it, in a process of its own */
+function startServer(env: Record<string, string>): Run {
+  const started = Date.now();
+  const child = spawn(process.execPath, ['-r', 'ts-node/register/transpile-only', SERVER], {
+    cwd: ROOT,
+    // a developer's own .env must not leak in: everything the tests rely on is set here
+    env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'silent', LOGIN_RATE_LIMIT_PER_MINUTE: '0', ...env },
+  });
+  let output = '';
+  child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; afterMs: number }>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal, afterMs: Date.now() - started })),
+  );
+  return { child, output: () => output, exited };
+}
+
+async function listening(run: Run): Promise<number> {
+  for (let waited = 0; waited < 20_000; waited += 50) {
+    const match = /Server listening at http:\/\/localhost:(\d+)/.exec(run.output());
+    if (match) return Number(match[1]);
+    if (run.child.exitCode !== null) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`server did not start:\n${run.output()}`);
+}
+
+describe('the server process', () => {
+  const runs: Run[] = [];
+  afterEach(() => runs.splice(0).forEach((run) => run.child.exitCode === null && run.child.kill('SIGKILL')));
+  const start = (env: Record<string, string>) => {
+    const run = startServer(env);
+    runs.push(run);
+    return run;
+  };
+
+  it('when a value is invalid, then it exits non-zero before listening, naming every bad variable', async () => {
+    const run = start({ APPLICATION_PORT: 'abc', LOG_LEVEL: 'loud' });
+
+    const { code } = await run.exited;
+
+    expect(code).toBe(1);
+    expect(run.output()).toMatch(/APPLICATION_PORT/);
+    expect(run.output()).toMatch(/LOG_LEVEL/);
+    expect(run.output()).not.toMatch(/Server listening/);
+  });
+
+  it.each([
+    ['missing', {}],
+    ['too short', { SESSION_SECRET: 'short' }],
+    ["the tutorial's fallback", { SESSION_SECRET: '8unto0n4oc7903zm' }],
+  ])('when in production the secret is %s, then it exits non-zero naming SESSION_SECRET', async (_what, env) => {
+    const run = start({ NODE_ENV: 'production', ...env });
+
+    const { code } = await run.exited;
+
+    expect(code).toBe(1);
+    expect(run.output()).toMatch(/SESSION_SECRET/);
+  });
+
+  it('when started, then it prints the tutorial\'s line, serves the Postman collection, and exits 0 on SIGTERM', async () => {
+    const run = start({ APPLICATION_PORT: String(await freePort()) });
+    const port = await listening(run);
+
+    const summary = await runCollection(`http://localhost:${port}`);
+    // a client that keeps its connection open must not hold the shutdown up
+    const agent = new http.Agent({ keepAlive: true });
+    await new Promise((resolve) => http.get({ port, path: '/healthz', agent }, (res) => res.resume().on('end', resolve)));
+    const signalled = Date.now();
+    run.child.kill('SIGTERM');
+    const { code } = await run.exited;
+
+    expect(summary.run.failures).toEqual([]);
+    expect(code).toBe(0);
+    expect(Date.now() - signalled).toBeLessThan(10_000);
+    agent.destroy();
+  });
+
+  it('when a request is in flight at SIGINT, then it is answered before the process exits 0', async () => {
+    const run = start({ APPLICATION_PORT: String(await freePort()) });
+    const port = await listening(run);
+    const socket = net.connect(port, '127.0.0.1');
+    let response = '';
+    socket.on('data', (chunk: Buffer) => (response += chunk.toString()));
+    await once(socket, 'connect');
+    // half a request head: the server is mid-request when the signal lands
+    socket.write('GET /user HTTP/1.1\r\nHost: localhost\r\n');
+    await sleep(200);
+
+    const signalled = Date.now();
+    run.child.kill('SIGINT');
+    await sleep(300);
+    socket.write('\r\n');
+    const { code } = await run.exited;
+
+    expect(response).toMatch(/^HTTP\/1\.1 200 OK/);
+    expect(response).toContain('{"info":"No data present in session"}');
+    expect(code).toBe(0);
+    expect(Date.now() - signalled).toBeLessThan(10_000);
+    socket.destroy();
+  });
+
+  it('when SESSION_STORE=redis and Redis cannot be reached, then it exits non-zero within 15 s naming Redis, password masked', async () => {
+    const port = await freePort();
+    const run = start({ SESSION_STORE: 'redis', REDIS_URL: `redis://:hunter2@127.0.0.1:${port}`, APPLICATION_PORT: String(await freePort()) });
+
+    const { code, afterMs } = await run.exited;
+
+    expect(code).not.toBe(0);
+    expect(afterMs).toBeLessThan(15_000);
+    expect(run.output()).toMatch(new RegExp(`Cannot reach Redis at redis://:\\*\\*\\*@127\\.0\\.0\\.1:${port}`));
+    expect(run.output()).not.toContain('hunter2');
+    expect(run.output()).not.toMatch(/Server listening/);
+  });
+});
