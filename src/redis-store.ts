@@ -7,7 +7,7 @@ import { StoreUnavailableError } from './errors';
 import type { ExpiryRule } from './session';
 import type { SessionStore } from './store';
 
-// a command that has not answered by then fails, so a stalled Redis gives a 503 well within 5 s
+// a store operation that has not answered by then fails, so a stalled Redis gives a 503 well within 5 s
 const COMMAND_TIMEOUT_MS = 2000;
 // start-up waits this long for Redis (it may be starting beside us), then gives up well within 15 s
 const STARTUP_TIMEOUT_MS = 10_000;
@@ -15,27 +15,42 @@ const MAX_RECONNECT_DELAY_MS = 2000;
 
 type Callback = (err?: unknown, data?: SessionData | null) => unknown;
 
-// a Redis failure becomes the 503 the client is owed; the cause is kept for the log
-function unavailableOnError(callback?: Callback): Callback {
-  return (err, data) => callback?.(err ? new StoreUnavailableError(err) : null, data);
+/**
+ * Runs one store operation with a deadline, and turns a Redis failure into the 503 the client is owed (the
+ * cause is kept for the log). Written here because node-redis's own command timeout stops counting once a
+ * command is written, so a Redis that stalls with the connection open would hang requests for good.
+ */
+function guarded(callback: Callback | undefined, operation: (done: Callback) => unknown): Promise<void> {
+  return new Promise((resolve) => {
+    let settled = false;
+    const finish: Callback = (err, data) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      callback?.(err ? new StoreUnavailableError(err) : null, data);
+      resolve();
+    };
+    const timer = setTimeout(() => finish(new Error(`Redis did not answer within ${COMMAND_TIMEOUT_MS} ms`)), COMMAND_TIMEOUT_MS);
+    operation(finish);
+  });
 }
 
 class GuardedRedisStore extends RedisStore {
   override get(sid: string, callback?: Callback) {
-    return super.get(sid, unavailableOnError(callback));
+    return guarded(callback, (done) => super.get(sid, done));
   }
 
   override set(sid: string, sess: SessionData, callback?: Callback) {
-    return super.set(sid, sess, unavailableOnError(callback));
+    return guarded(callback, (done) => super.set(sid, sess, done));
   }
 
   // EXPIRE on a missing key does nothing, so a touch racing a logout cannot bring the session back
   override touch(sid: string, sess: SessionData, callback?: Callback) {
-    return super.touch(sid, sess, unavailableOnError(callback));
+    return guarded(callback, (done) => super.touch(sid, sess, done));
   }
 
   override destroy(sid: string, callback?: Callback) {
-    return super.destroy(sid, unavailableOnError(callback));
+    return guarded(callback, (done) => super.destroy(sid, done));
   }
 }
 
@@ -48,7 +63,8 @@ export function createRedisSessionStore(config: Readonly<Config>, expiresAt: Exp
   const client = createClient({
     url: config.redisUrl,
     disableOfflineQueue: true,
-    commandOptions: { timeout: COMMAND_TIMEOUT_MS },
+    // while Redis stalls, commands wait for their deadline; past this many, they fail at once instead
+    commandsQueueMaxLength: 10_000,
     socket: {
       connectTimeout: COMMAND_TIMEOUT_MS,
       reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, MAX_RECONNECT_DELAY_MS),

@@ -182,6 +182,15 @@ export class RedisServer {
     });
   }
 
+  /** freezes it (SIGSTOP): connections stay open, nothing answers */
+  pause(): void {
+    this.process?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.process?.kill('SIGCONT');
+  }
+
   /** kills it outright, as a crash would */
   async stop(): Promise<void> {
     const child = this.process;
