@@ -5,8 +5,8 @@ import type { Logger } from 'pino';
 import type { Config } from './config';
 import { handleErrors, notFound } from './errors';
 import { createLogger, requestLogger } from './logger';
-import { healthRoutes } from './routes/health';
-import { sessionRoutes } from './routes/session';
+import { addHealthRoutes } from './routes/health';
+import { addSessionRoutes } from './routes/session';
 
 export interface AppOptions {
   config: Readonly<Config>;
@@ -24,8 +24,8 @@ export function createApp({ config, store, logger = createLogger(config) }: AppO
 
   app.use(helmet());
   if (config.logLevel !== 'silent') app.use(requestLogger(logger));
-  app.use(healthRoutes(store));
-  app.use(sessionRoutes(config, store));
+  addHealthRoutes(app.router, store);
+  addSessionRoutes(app.router, config, store);
   app.use(notFound);
   app.use(handleErrors(logger));
   return app;

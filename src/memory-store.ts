@@ -21,6 +21,8 @@ export class StoreFullError extends HttpError {
 
 interface Entry {
   json: string;
+  /** the cookie's expiry: renewed by touch without serialising the session again */
+  cookieExpires: number | null;
   expiresAt: number;
 }
 
@@ -29,6 +31,11 @@ type GetCallback = (err: unknown, session?: SessionData | null) => void;
 
 // a full store is swept at most this often, so a login flood cannot turn every request into a full scan
 const FULL_PRUNE_MIN_INTERVAL_MS = 1000;
+
+function cookieExpires(sess: SessionData): number | null {
+  const expires = sess.cookie?.expires;
+  return expires ? new Date(expires).getTime() : null;
+}
 
 /**
  * express-session's MemoryStore keeps every session nobody reads again and grows without bound; this one
@@ -51,7 +58,13 @@ export class BoundedMemoryStore extends Store {
 
   override get(sid: string, callback: GetCallback): void {
     const entry = this.live(sid);
-    callback(null, entry ? (JSON.parse(entry.json) as SessionData) : null);
+    if (!entry) {
+      callback(null, null);
+      return;
+    }
+    const sess = JSON.parse(entry.json) as SessionData;
+    if (entry.cookieExpires !== null) sess.cookie.expires = new Date(entry.cookieExpires);
+    callback(null, sess);
   }
 
   override set(sid: string, sess: SessionData, callback?: Callback): void {
@@ -66,15 +79,16 @@ export class BoundedMemoryStore extends Store {
       callback?.(new StoreFullError(Number.isFinite(retryAfterMs) ? Math.max(1, Math.ceil(retryAfterMs / 1000)) : 60));
       return;
     }
-    this.sessions.set(sid, { json: JSON.stringify(sess), expiresAt });
+    this.sessions.set(sid, { json: JSON.stringify(sess), cookieExpires: cookieExpires(sess), expiresAt });
     callback?.();
   }
 
+  // a touch only moves the expiry (express-session touches unmodified sessions, so the data is unchanged)
   override touch(sid: string, sess: SessionData, callback?: Callback): void {
     // only a session still held is renewed: a touch racing a logout must not bring the session back
     const entry = this.live(sid);
     if (entry) {
-      entry.json = JSON.stringify(sess);
+      entry.cookieExpires = cookieExpires(sess);
       entry.expiresAt = this.options.expiresAt(sess);
     }
     callback?.();

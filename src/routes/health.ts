@@ -1,11 +1,10 @@
-import { Router } from 'express';
+import type { Router } from 'express';
 import type { Store } from 'express-session';
 import { methodNotAllowed } from '../errors';
 import { probeStore } from '../session';
 
 /** GET /healthz: 200 when the session store answers a real read, 503 when it does not */
-export function healthRoutes(store: Store): Router {
-  const router = Router();
+export function addHealthRoutes(router: Router, store: Store): void {
   router
     .route('/healthz')
     .get(async (_req, res) => {
@@ -18,5 +17,4 @@ export function healthRoutes(store: Store): Router {
       }
     })
     .all(methodNotAllowed('GET, HEAD'));
-  return router;
 }

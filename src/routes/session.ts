@@ -1,5 +1,5 @@
 import cookieParser from 'cookie-parser';
-import { Router, type Request, type RequestHandler, type Response } from 'express';
+import type { Request, RequestHandler, Response, Router } from 'express';
 import { rateLimit } from 'express-rate-limit';
 import type { Store } from 'express-session';
 import type { Config } from '../config';
@@ -83,9 +83,11 @@ function loginRateLimit(perMinute: number): RequestHandler[] {
   ];
 }
 
-/** POST /login, GET /user and POST /logout, each with the session loaded and its timeouts enforced */
-export function sessionRoutes(config: Readonly<Config>, store: Store): Router {
-  const router = Router();
+/**
+ * Adds POST /login, GET /user and POST /logout to `router` (the app itself: a nested Router would cost every
+ * request a layer), each with the session loaded and its timeouts enforced.
+ */
+export function addSessionRoutes(router: Router, config: Readonly<Config>, store: Store): void {
   const withSession = [noStore, createSessionMiddleware(config, store), enforceTimeouts(createExpiryRule(config))];
 
   router
@@ -97,5 +99,4 @@ export function sessionRoutes(config: Readonly<Config>, store: Store): Router {
     .route('/logout')
     .post(cookieParser(config.secrets), ...withSession, logout(config))
     .all(methodNotAllowed('POST'));
-  return router;
 }

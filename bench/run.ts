@@ -1,0 +1,393 @@
+// `npm run bench`: the hardened server against the tutorial's setup and bare Express, side by side in one run,
+// scenarios in interleaved rounds, medians and ratios. `--quick` is the short run CI makes; `--out FILE` names
+// the JSON file (default bench/results/latest.json).
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import net, { type AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import autocannon, { type Options, type Result } from 'autocannon';
+
+const ROOT = path.join(__dirname, '..');
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const outIndex = args.indexOf('--out');
+const OUT = outIndex >= 0 && args[outIndex + 1] ? path.resolve(args[outIndex + 1]) : path.join(ROOT, 'bench', 'results', 'latest.json');
+
+const ROUNDS = quick ? 1 : 5;
+const SECONDS = quick ? 1 : 5;
+const FLOOD_SECONDS = quick ? 5 : 30;
+const CONNECTIONS = 10;
+const SECRET = 'benchmark-secret-benchmark-secret-benchmark';
+// our server as deployed behind a TLS-terminating proxy: production rules, Secure cookies, the proxy's header
+const PROXY_HEADERS = { 'x-forwarded-proto': 'https' };
+
+// ---------------------------------------------------------------- servers
+
+interface Server {
+  name: string;
+  url: string;
+  child: ChildProcess;
+  headers: Record<string, string>;
+}
+
+async function freePort(): Promise<number> {
+  const probe = net.createServer().listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const { port } = probe.address() as AddressInfo;
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
+}
+
+async function startServer(name: string, script: string, env: Record<string, string>, headers: Record<string, string> = {}): Promise<Server> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [script], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? '', APPLICATION_PORT: String(port), ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  for (let waited = 0; !output.includes('Server listening'); waited += 50) {
+    if (child.exitCode !== null || waited > 20_000) throw new Error(`${name} did not start:\n${output}`);
+    await sleep(50);
+  }
+  return { name, url: `http://127.0.0.1:${port}`, child, headers };
+}
+
+async function stopServer(server: Server): Promise<void> {
+  if (server.child.exitCode !== null) return;
+  server.child.kill('SIGTERM');
+  await Promise.race([once(server.child, 'exit'), sleep(5000)]);
+  if (server.child.exitCode === null) server.child.kill('SIGKILL');
+}
+
+function rssMb(pid: number): number {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]);
+    return Math.round((kb / 1024) * 10) / 10;
+  } catch {
+    const kb = Number(spawnSync('ps', ['-o', 'rss=', '-p', String(pid)]).stdout.toString().trim());
+    return Math.round((kb / 1024) * 10) / 10;
+  }
+}
+
+function cookieFrom(headers: Record<string, string | string[]>): string | undefined {
+  const setCookie = headers['set-cookie'] ?? headers['Set-Cookie'];
+  const first = Array.isArray(setCookie) ? setCookie[0] : setCookie;
+  return first?.split(';', 1)[0];
+}
+
+async function login(server: Server): Promise<string> {
+  const res = await fetch(`${server.url}/login?name=bench`, { method: 'POST', headers: server.headers });
+  const cookie = res.headers.getSetCookie()[0]?.split(';', 1)[0];
+  if (res.status !== 201 || !cookie) throw new Error(`${server.name}: login answered ${res.status} without a cookie`);
+  return cookie;
+}
+
+// ---------------------------------------------------------------- load
+
+interface Figures {
+  rps: number;
+  p50: number;
+  p99: number;
+  errors: number;
+  non2xx: number;
+  requests: number;
+}
+
+function figures(result: Result): Figures {
+  return {
+    rps: Math.round(result.requests.total / result.duration),
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    errors: result.errors + result.timeouts,
+    non2xx: result.non2xx,
+    requests: result.requests.total,
+  };
+}
+
+function load(options: Options): Promise<Result> {
+  return autocannon({ connections: CONNECTIONS, duration: SECONDS, ...options });
+}
+
+interface Scenario {
+  name: string;
+  title: string;
+  targets: string[];
+  run(server: Server): Promise<Result>;
+}
+
+const sessionCookies = new Map<string, string>();
+
+const scenarios: Scenario[] = [
+  {
+    name: 'user',
+    title: 'GET /user with a live session',
+    targets: ['ours', 'tutorial', 'bare', 'ours-redis'],
+    run: async (server) => {
+      const cookie = sessionCookies.get(server.name) ?? (server.name === 'bare' ? '' : await login(server));
+      sessionCookies.set(server.name, cookie);
+      return load({ url: `${server.url}/user`, headers: { ...server.headers, cookie } });
+    },
+  },
+  {
+    name: 'login',
+    title: 'POST /login, a new session each time',
+    targets: ['ours', 'tutorial'],
+    run: (server) => load({ url: `${server.url}/login?name=bench`, method: 'POST', headers: server.headers }),
+  },
+  {
+    name: 'flow',
+    title: 'login, user, logout (requests/s; a flow is 3 requests)',
+    targets: ['ours', 'tutorial'],
+    run: (server) =>
+      load({
+        url: server.url,
+        requests: [
+          {
+            method: 'POST',
+            path: '/login?name=bench',
+            headers: server.headers,
+            onResponse: (_status, _body, context, headers) => {
+              (context as { cookie?: string }).cookie = cookieFrom(headers as Record<string, string | string[]>);
+            },
+          },
+          {
+            method: 'GET',
+            path: '/user',
+            setupRequest: (request, context) => ({ ...request, headers: { ...server.headers, cookie: String((context as { cookie?: string }).cookie ?? '') } }),
+          },
+          {
+            method: 'POST',
+            path: '/logout',
+            setupRequest: (request, context) => ({ ...request, headers: { ...server.headers, cookie: String((context as { cookie?: string }).cookie ?? '') } }),
+          },
+        ],
+      }),
+  },
+];
+
+// ---------------------------------------------------------------- flood
+
+interface Flood {
+  server: string;
+  seconds: number;
+  sessionMemoryMax: number | null;
+  loginsPerSecond: number;
+  created: number;
+  refused503: number;
+  rssBeforeMb: number;
+  rssPeakMb: number;
+  rssAfterMb: number;
+  user: Figures & { p999: number; max: number };
+}
+
+/** a flood of logins without cookies, while one logged-in user reads its profile 20 times a second */
+async function flood(server: Server, sessionMemoryMax: number | null): Promise<Flood> {
+  const cookie = await login(server);
+  const pid = server.child.pid!;
+  const rssBeforeMb = rssMb(pid);
+  let rssPeakMb = rssBeforeMb;
+  const sampler = setInterval(() => (rssPeakMb = Math.max(rssPeakMb, rssMb(pid))), 250);
+  const [logins, user] = await Promise.all([
+    autocannon({ url: `${server.url}/login?name=flood`, method: 'POST', headers: server.headers, connections: CONNECTIONS, duration: FLOOD_SECONDS }),
+    autocannon({ url: `${server.url}/user`, headers: { ...server.headers, cookie }, connections: 1, overallRate: 20, duration: FLOOD_SECONDS }),
+  ]);
+  clearInterval(sampler);
+  const rssAfterMb = rssMb(pid);
+  return {
+    server: server.name,
+    seconds: FLOOD_SECONDS,
+    sessionMemoryMax,
+    loginsPerSecond: Math.round(logins.requests.total / logins.duration),
+    created: logins['2xx'],
+    refused503: logins.non2xx,
+    rssBeforeMb,
+    rssPeakMb: Math.max(rssPeakMb, rssAfterMb),
+    rssAfterMb,
+    user: { ...figures(user), p999: user.latency.p99_9, max: user.latency.max },
+  };
+}
+
+// ---------------------------------------------------------------- report
+
+const median = (values: number[]): number => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid]! : Math.round(((sorted[mid - 1]! + sorted[mid]!) / 2) * 100) / 100;
+};
+
+function summarise(rounds: Figures[]): Figures {
+  return {
+    rps: median(rounds.map((r) => r.rps)),
+    p50: median(rounds.map((r) => r.p50)),
+    p99: median(rounds.map((r) => r.p99)),
+    errors: rounds.reduce((sum, r) => sum + r.errors, 0),
+    non2xx: rounds.reduce((sum, r) => sum + r.non2xx, 0),
+    requests: rounds.reduce((sum, r) => sum + r.requests, 0),
+  };
+}
+
+const ratio = (a: number | undefined, b: number | undefined): number | null =>
+  a && b ? Math.round((a / b) * 100) / 100 : null;
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
+  return rows.map((row) => row.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ')).join('\n');
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function hasRedis(): boolean {
+  return spawnSync('sh', ['-c', 'command -v redis-server']).status === 0;
+}
+
+async function startRedis(): Promise<{ url: string; child: ChildProcess }> {
+  const port = await freePort();
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let output = '';
+  child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  for (let waited = 0; !output.includes('Ready to accept connections'); waited += 50) {
+    if (child.exitCode !== null || waited > 10_000) throw new Error(`redis-server did not start:\n${output}`);
+    await sleep(50);
+  }
+  return { url: `redis://127.0.0.1:${port}`, child };
+}
+
+// ---------------------------------------------------------------- main
+
+async function main(): Promise<void> {
+  const compiled = path.join(ROOT, 'dist', 'server.js');
+  const production = {
+    NODE_ENV: 'production',
+    SESSION_SECRET: SECRET,
+    TRUST_PROXY: '1',
+    LOGIN_RATE_LIMIT_PER_MINUTE: '0',
+    LOG_LEVEL: 'silent',
+  };
+  const servers: Server[] = [];
+  let redis: { url: string; child: ChildProcess } | undefined;
+  const notes: string[] = [];
+  try {
+    // room for every session the login rounds create: this run measures speed, the flood measures the cap
+    servers.push(await startServer('ours', compiled, { ...production, SESSION_MEMORY_MAX: '10000000' }, PROXY_HEADERS));
+    servers.push(await startServer('tutorial', path.join(ROOT, 'bench', 'baselines', 'tutorial.js'), {}));
+    servers.push(await startServer('bare', path.join(ROOT, 'bench', 'baselines', 'bare.js'), {}));
+    if (hasRedis()) {
+      redis = await startRedis();
+      servers.push(await startServer('ours-redis', compiled, { ...production, SESSION_STORE: 'redis', REDIS_URL: redis.url }, PROXY_HEADERS));
+    } else {
+      notes.push('redis-server is not installed: the Redis scenario was skipped');
+      console.warn(`SKIPPED: ${notes.at(-1)}`);
+    }
+    const byName = new Map(servers.map((server) => [server.name, server]));
+
+    const rounds: Record<string, Record<string, Figures[]>> = {};
+    console.log(`${ROUNDS} round(s) of ${SECONDS} s per scenario and server, ${CONNECTIONS} connections, ${os.cpus().length} cores`);
+    for (let round = 1; round <= ROUNDS; round += 1) {
+      for (const scenario of scenarios) {
+        for (const target of scenario.targets) {
+          const server = byName.get(target);
+          if (!server) continue;
+          const result = figures(await scenario.run(server));
+          ((rounds[scenario.name] ??= {})[target] ??= []).push(result);
+          console.log(`  round ${round} ${scenario.name.padEnd(5)} ${target.padEnd(10)} ${String(result.rps).padStart(7)} req/s  p99 ${result.p99} ms`);
+        }
+      }
+    }
+    const results: Record<string, Record<string, Figures>> = {};
+    for (const [scenario, byTarget] of Object.entries(rounds)) {
+      for (const [target, list] of Object.entries(byTarget)) (results[scenario] ??= {})[target] = summarise(list);
+    }
+
+    console.log(`login flood, ${FLOOD_SECONDS} s each`);
+    const floodOurs = await startServer('ours-flood', compiled, { ...production, SESSION_MEMORY_MAX: '20000' }, PROXY_HEADERS);
+    servers.push(floodOurs);
+    const floods = [await flood(floodOurs, 20000)];
+    await stopServer(floodOurs);
+    const floodTutorial = await startServer('tutorial-flood', path.join(ROOT, 'bench', 'baselines', 'tutorial.js'), {});
+    servers.push(floodTutorial);
+    floods.push(await flood(floodTutorial, null));
+
+    const ratios = {
+      userVsTutorial: ratio(results.user?.ours?.rps, results.user?.tutorial?.rps),
+      userVsBare: ratio(results.user?.ours?.rps, results.user?.bare?.rps),
+      loginVsTutorial: ratio(results.login?.ours?.rps, results.login?.tutorial?.rps),
+      flowVsTutorial: ratio(results.flow?.ours?.rps, results.flow?.tutorial?.rps),
+      redisUserVsMemoryUser: ratio(results.user?.['ours-redis']?.rps, results.user?.ours?.rps),
+    };
+    const ours = floods[0]!;
+    const checks = [
+      { goal: 'GET /user >= 0.9x tutorial', value: ratios.userVsTutorial, pass: (ratios.userVsTutorial ?? 0) >= 0.9 },
+      { goal: 'GET /user >= 0.75x bare Express', value: ratios.userVsBare, pass: (ratios.userVsBare ?? 0) >= 0.75 },
+      { goal: 'POST /login >= 0.8x tutorial', value: ratios.loginVsTutorial, pass: (ratios.loginVsTutorial ?? 0) >= 0.8 },
+      { goal: 'Redis GET /user >= 0.7x memory', value: ratios.redisUserVsMemoryUser, pass: ratios.redisUserVsMemoryUser === null ? null : ratios.redisUserVsMemoryUser >= 0.7 },
+      { goal: 'flood: RSS < 160 MB (SESSION_MEMORY_MAX=20000)', value: ours.rssPeakMb, pass: ours.rssPeakMb < 160 },
+      { goal: 'flood: logged-in user all 2xx, p99 < 250 ms', value: ours.user.p99, pass: ours.user.errors === 0 && ours.user.non2xx === 0 && ours.user.p99 < 250 },
+    ];
+
+    const rows = [['scenario', 'server', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx']];
+    for (const scenario of scenarios) {
+      for (const [target, f] of Object.entries(results[scenario.name] ?? {})) {
+        rows.push([scenario.name, target, String(f.rps), String(f.p50), String(f.p99), String(f.errors), String(f.non2xx)]);
+      }
+    }
+    console.log(`\n${table(rows)}\n`);
+    console.log(table([['ratio', 'value'], ...Object.entries(ratios).map(([k, v]) => [k, v === null ? 'n/a' : `${v}x`])]));
+    console.log('');
+    console.log(
+      table([
+        ['flood', 'logins/s', 'created', '503s', 'RSS before', 'RSS peak', 'RSS after', 'user p50', 'user p99', 'user max', 'user non-2xx+errors'],
+        ...floods.map((f) => [
+          f.server,
+          String(f.loginsPerSecond),
+          String(f.created),
+          String(f.refused503),
+          `${f.rssBeforeMb} MB`,
+          `${f.rssPeakMb} MB`,
+          `${f.rssAfterMb} MB`,
+          `${f.user.p50} ms`,
+          `${f.user.p99} ms`,
+          `${f.user.max} ms`,
+          String(f.user.non2xx + f.user.errors),
+        ]),
+      ]),
+    );
+    console.log('');
+    for (const check of checks) console.log(`${check.pass === null ? 'SKIP' : check.pass ? 'PASS' : 'FAIL'}  ${check.goal}: ${check.value ?? 'n/a'}`);
+    if (quick) console.log('(quick run: figures from 1 s runs are indicative only)');
+
+    const report = {
+      date: new Date().toISOString(),
+      quick,
+      machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? 'unknown', memoryGb: Math.round(os.totalmem() / 2 ** 30), node: process.version, platform: `${os.platform()} ${os.release()}` },
+      settings: { rounds: ROUNDS, secondsPerRun: SECONDS, connections: CONNECTIONS, floodSeconds: FLOOD_SECONDS },
+      rounds,
+      results,
+      ratios,
+      floods,
+      checks,
+      notes,
+    };
+    mkdirSync(path.dirname(OUT), { recursive: true });
+    writeFileSync(OUT, `${JSON.stringify(report, null, 2)}\n`);
+    console.log(`\nwrote ${path.relative(process.cwd(), OUT)}`);
+  } finally {
+    await Promise.all(servers.map(stopServer));
+    if (redis) {
+      redis.child.kill('SIGKILL');
+      await once(redis.child, 'exit');
+    }
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});
