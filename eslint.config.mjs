@@ -14,12 +14,12 @@ export default tseslint.config(
     },
   },
   {
-    files: ['bench/baselines/*.js', 'jest.config.js'],
+    files: ['test/bench/baselines/*.js', 'jest.config.js'],
     languageOptions: { sourceType: 'commonjs' },
     rules: { '@typescript-eslint/no-require-imports': 'off' },
   },
   {
-    files: ['public/**/*.js'],
-    languageOptions: { globals: { ...globals.browser } },
+    files: ['src/public/**/*.js'],
+    languageOptions: { sourceType: 'script', globals: { ...globals.browser } },
   },
 );

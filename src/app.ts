@@ -1,3 +1,4 @@
+import path from 'node:path';
 import express, { type Express } from 'express';
 import type { Store } from 'express-session';
 import helmet from 'helmet';
@@ -26,6 +27,8 @@ export function createApp({ config, store, logger = createLogger(config) }: AppO
   if (config.logLevel !== 'silent') app.use(requestLogger(logger));
   addHealthRoutes(app.router, store);
   addSessionRoutes(app.router, config, store);
+  // the page to try sessions in a browser; after the API, so API requests never look at the disk
+  app.use(express.static(path.join(__dirname, 'public'), { redirect: false }));
   app.use(notFound);
   app.use(handleErrors(logger));
   return app;

@@ -226,7 +226,7 @@ describe('POST /logout', () => {
 
 describe('other paths and methods', () => {
   it.each([
-    ['get', '/'],
+    ['post', '/'],
     ['get', '/nope'],
     ['post', '/users'],
     ['get', '/login/extra'],
@@ -253,6 +253,21 @@ describe('other paths and methods', () => {
     expect(res.status).toBe(405);
     expect(res.headers.allow).toBe(allow);
     expect(res.body).toEqual({ error: 'Method not allowed' });
+  });
+});
+
+describe('GET /', () => {
+  it('when the page is asked for, then HTML that loads its script and style as files (no inline script)', async () => {
+    const { app } = makeApp();
+
+    const res = await request(app).get('/');
+
+    expect(res.status).toBe(200);
+    expect(res.headers['content-type']).toMatch(/^text\/html/);
+    expect(res.text).toContain('<script src="/app.js" defer></script>');
+    expect(res.text).not.toMatch(/<script>|\son[a-z]+=/);
+    expect((await request(app).get('/app.js')).headers['content-type']).toMatch(/javascript/);
+    expect((await request(app).get('/style.css')).headers['content-type']).toMatch(/^text\/css/);
   });
 });
 

@@ -9,11 +9,11 @@ import os from 'node:os';
 import path from 'node:path';
 import autocannon, { type Options, type Result } from 'autocannon';
 
-const ROOT = path.join(__dirname, '..');
+const ROOT = path.join(__dirname, '..', '..');
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const outIndex = args.indexOf('--out');
-const OUT = outIndex >= 0 && args[outIndex + 1] ? path.resolve(args[outIndex + 1]) : path.join(ROOT, 'bench', 'results', 'latest.json');
+const OUT = outIndex >= 0 && args[outIndex + 1] ? path.resolve(args[outIndex + 1]) : path.join(ROOT, 'test', 'bench', 'results', 'latest.json');
 
 const ROUNDS = quick ? 1 : 5;
 const SECONDS = quick ? 1 : 5;
@@ -277,8 +277,8 @@ async function main(): Promise<void> {
   try {
     // room for every session the login rounds create: this run measures speed, the flood measures the cap
     servers.push(await startServer('ours', compiled, { ...production, SESSION_MEMORY_MAX: '10000000' }, PROXY_HEADERS));
-    servers.push(await startServer('tutorial', path.join(ROOT, 'bench', 'baselines', 'tutorial.js'), {}));
-    servers.push(await startServer('bare', path.join(ROOT, 'bench', 'baselines', 'bare.js'), {}));
+    servers.push(await startServer('tutorial', path.join(ROOT, 'test', 'bench', 'baselines', 'tutorial.js'), {}));
+    servers.push(await startServer('bare', path.join(ROOT, 'test', 'bench', 'baselines', 'bare.js'), {}));
     if (hasRedis()) {
       redis = await startRedis();
       servers.push(await startServer('ours-redis', compiled, { ...production, SESSION_STORE: 'redis', REDIS_URL: redis.url }, PROXY_HEADERS));
@@ -311,7 +311,7 @@ async function main(): Promise<void> {
     servers.push(floodOurs);
     const floods = [await flood(floodOurs, 20000)];
     await stopServer(floodOurs);
-    const floodTutorial = await startServer('tutorial-flood', path.join(ROOT, 'bench', 'baselines', 'tutorial.js'), {});
+    const floodTutorial = await startServer('tutorial-flood', path.join(ROOT, 'test', 'bench', 'baselines', 'tutorial.js'), {});
     servers.push(floodTutorial);
     floods.push(await flood(floodTutorial, null));
 
