@@ -35,13 +35,37 @@ function guarded(callback: Callback | undefined, operation: (done: Callback) => 
   });
 }
 
+type RedisClient = ReturnType<typeof createClient>;
+
 class GuardedRedisStore extends RedisStore {
+  constructor(
+    private readonly redis: RedisClient,
+    private readonly ttlSeconds: (sess: SessionData) => number,
+  ) {
+    super({ client: redis, ttl: ttlSeconds });
+  }
+
   override get(sid: string, callback?: Callback) {
     return guarded(callback, (done) => super.get(sid, done));
   }
 
   override set(sid: string, sess: SessionData, callback?: Callback) {
-    return guarded(callback, (done) => super.set(sid, sess, done));
+    // a login writes a new session; any later save only renews one, and must not recreate it after a logout
+    // that raced it (SET XX writes only a key that still exists)
+    if (sess.cookieRenewedAt === sess.loginAt) return guarded(callback, (done) => super.set(sid, sess, done));
+    return guarded(callback, (done) => this.renew(sid, sess).then(() => done(), done));
+  }
+
+  private async renew(sid: string, sess: SessionData): Promise<void> {
+    const ttl = this.ttlSeconds(sess);
+    if (ttl <= 0) {
+      await this.redis.del(this.prefix + sid);
+      return;
+    }
+    await this.redis.set(this.prefix + sid, this.serializer.stringify(sess), {
+      expiration: { type: 'EX', value: ttl },
+      condition: 'XX',
+    });
   }
 
   // EXPIRE on a missing key does nothing, so a touch racing a logout cannot bring the session back
@@ -76,11 +100,8 @@ export function createRedisSessionStore(config: Readonly<Config>, expiresAt: Exp
     logger.warn({ err, redis: where }, 'redis connection error');
   });
 
-  const store = new GuardedRedisStore({
-    client,
-    // Redis drops a session when either timeout ends it, so nothing outlives its rule in memory
-    ttl: (sess: SessionData) => Math.ceil((expiresAt(sess) - Date.now()) / 1000),
-  });
+  // Redis drops a session when either timeout ends it, so nothing outlives its rule in memory
+  const store = new GuardedRedisStore(client, (sess) => Math.ceil((expiresAt(sess) - Date.now()) / 1000));
 
   return {
     store,

@@ -11,6 +11,8 @@ declare module 'express-session' {
     user: User;
     /** when the user logged in (epoch ms): the absolute timeout counts from here */
     loginAt: number;
+    /** when the cookie was last sent with a fresh expiry (epoch ms) */
+    cookieRenewedAt: number;
   }
 }
 
@@ -43,8 +45,8 @@ export function createSessionMiddleware(config: Readonly<Config>, store: Store):
     store,
     resave: false,
     saveUninitialized: false,
-    // renew the cookie's expiry on every response, so an active user is never logged out by the browser
-    rolling: true,
+    // the cookie is sent again when the session changes: `renewCookie` makes that happen as the user is active
+    rolling: false,
     cookie: {
       httpOnly: true,
       sameSite: 'lax',
@@ -61,6 +63,28 @@ export function enforceTimeouts(expiresAt: ExpiryRule): RequestHandler {
     if (req.session.user !== undefined && expiresAt(req.session) <= Date.now()) {
       // regenerate, not destroy: the old one leaves the store and the request goes on with an empty session
       await settle(req.session, 'regenerate');
+    }
+    next();
+  };
+}
+
+// the cookie's expiry is pushed forward at most this often; the store's expiry moves on every request
+const MAX_RENEWAL_INTERVAL_MS = 60_000;
+
+/**
+ * Sends the cookie again, with a fresh expiry, once a tenth of the idle window (at most a minute) has passed
+ * since it was last sent, instead of on every response: signing and sending a cookie per request is most of
+ * what a session costs. The store's own expiry is renewed on every request (express-session touches it), so
+ * the server-side idle timeout stays exact; the browser may drop an idle user's cookie up to one interval
+ * early, never late.
+ */
+export function renewCookie(config: Pick<Config, 'idleTimeoutSeconds'>): RequestHandler {
+  const intervalMs = Math.min((config.idleTimeoutSeconds * 1000) / 10, MAX_RENEWAL_INTERVAL_MS);
+  return (req, _res, next) => {
+    const now = Date.now();
+    if (req.session.user !== undefined && now - (req.session.cookieRenewedAt ?? 0) >= intervalMs) {
+      // a change to the session: express-session saves it and sends the cookie with a new expiry
+      req.session.cookieRenewedAt = now;
     }
     next();
   };

@@ -204,9 +204,11 @@ export class RedisServer {
  * Logs in, then fires reads of that session around a logout, all at once: returns the cookie. Afterwards the
  * session must stay logged out, whatever order the store saw the reads' touches and the logout's delete in.
  */
-export async function logoutRacingReads(app: Express, reads = 30): Promise<string> {
+export async function logoutRacingReads(app: Express, { reads = 30, waitMs = 0 } = {}): Promise<string> {
   const { default: request } = await import('supertest');
   const cookie = cookieHeader(shouldSetCookie(await request(app).post('/login?name=racer').expect(201)));
+  // waiting past the renewal interval makes the reads renewals, which write the session back
+  if (waitMs > 0) await sleep(waitMs);
   const read = () => request(app).get('/user').set('Cookie', cookie);
   const before = Array.from({ length: reads }, read);
   const logout = request(app).post('/logout').set('Cookie', cookie).expect(204);

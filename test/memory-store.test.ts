@@ -161,10 +161,13 @@ describe('the memory store behind the app', () => {
     await request(app).post('/login?name=c').expect(201);
   });
 
-  it('when a logout races reads of the same session, then it stays logged out and out of the store', async () => {
-    const { app, store } = makeApp();
+  it.each([
+    ['reads', 0],
+    ['reads that renew the cookie (and so save the session)', 300],
+  ])('when a logout races %s of the same session, then it stays logged out and out of the store', async (_what, waitMs) => {
+    const { app, store } = makeApp({ SESSION_IDLE_TIMEOUT_SECONDS: '2' });
 
-    const cookie = await logoutRacingReads(app);
+    const cookie = await logoutRacingReads(app, { waitMs });
 
     expect((await request(app).get('/user').set('Cookie', cookie)).body).toEqual({ info: 'No data present in session' });
     expect(size(store)).toBe(0);

@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
+import type { SessionData } from 'express-session';
 import pino from 'pino';
 import { createClient } from 'redis';
 import request from 'supertest';
@@ -116,15 +117,31 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
     expect(res.body.data).toEqual({ name: 'daniel' });
   });
 
-  it('when a logout races reads of the same session, then it is not brought back', async () => {
-    const a = await instance();
+  it.each([
+    ['reads', 0],
+    ['reads that renew the cookie (and so save the session)', 300],
+  ])('when a logout races %s of the same session, then it is not brought back', async (_what, waitMs) => {
+    const a = await instance({ SESSION_IDLE_TIMEOUT_SECONDS: '2' });
 
-    const cookie = await logoutRacingReads(a.app);
+    const cookie = await logoutRacingReads(a.app, { waitMs });
 
     expect((await request(a.app).get('/user').set('Cookie', cookie)).body).toEqual({ info: 'No data present in session' });
     expect(await inspector.keys('sess:*')).not.toContain(cookie);
     const id = /s%3A([^.]+)\./.exec(cookie)?.[1];
     expect(await inspector.exists(`sess:${id}`)).toBe(0);
+  });
+
+  it('when a renewal is saved after its session was destroyed, then the session is not recreated', async () => {
+    const { sessions } = await instance();
+    const loginAt = Date.now();
+    const sess = { cookie: { expires: new Date(loginAt + 60_000), originalMaxAge: 60_000 }, user: { name: 'x' }, loginAt, cookieRenewedAt: loginAt } as SessionData;
+    const call = (fn: (done: (err?: unknown) => void) => void) => new Promise<void>((resolve, reject) => fn((err) => (err ? reject(err) : resolve())));
+    await call((done) => sessions.store.set('renewed', sess, done));
+    await call((done) => sessions.store.destroy('renewed', done));
+
+    await call((done) => sessions.store.set('renewed', { ...sess, cookieRenewedAt: loginAt + 1000 } as SessionData, done));
+
+    expect(await inspector.exists('sess:renewed')).toBe(0);
   });
 
   it('when /healthz is asked, then it answers from a real round trip', async () => {

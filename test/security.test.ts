@@ -141,6 +141,25 @@ describe('timeouts enforced on the server (OWASP: idle and absolute timeouts)', 
     expect(later).toBeGreaterThan(first);
   });
 
+  it('when the cookie was sent less than a tenth of the idle timeout ago, then it is not sent again; after that, it is', async () => {
+    const { app, store } = makeApp({ SESSION_IDLE_TIMEOUT_SECONDS: '2' });
+    const login = await request(app).post('/login?name=daniel').expect(201);
+    const cookie = cookieHeader(shouldSetCookie(login));
+
+    const soon = await request(app).get('/user').set('Cookie', cookie);
+    await sleep(300);
+    const later = await request(app).get('/user').set('Cookie', cookie);
+
+    expect(soon.body.data).toEqual({ name: 'daniel' });
+    shouldNotSetCookie(soon);
+    const renewed = shouldSetCookie(later);
+    expect(cookieHeader(renewed)).toBe(cookie);
+    expect(new Date(renewed.attributes.expires as string).getTime()).toBeGreaterThan(
+      new Date(shouldSetCookie(login).attributes.expires as string).getTime(),
+    );
+    expect(await length(store)).toBe(1);
+  });
+
   it('when an active session outlives the absolute timeout, then it ends however active it was', async () => {
     const { app, store } = makeApp({ SESSION_IDLE_TIMEOUT_SECONDS: '2', SESSION_ABSOLUTE_TIMEOUT_SECONDS: '3' });
     const cookie = cookieHeader(shouldSetCookie(await request(app).post('/login?name=daniel').expect(201)));
@@ -160,12 +179,15 @@ describe('timeouts enforced on the server (OWASP: idle and absolute timeouts)', 
 
 describe('secret rotation', () => {
   it('when a cookie was signed by a secret now listed second, then it is still accepted and re-signed by the first', async () => {
-    const config = testConfig({ SESSION_SECRET: 'old-secret' });
+    // a short idle timeout, so the cookie is due for renewal (and re-signing) at the next request
+    const env = { SESSION_IDLE_TIMEOUT_SECONDS: '2' };
+    const config = testConfig({ ...env, SESSION_SECRET: 'old-secret' });
     const store = memoryStore(config);
     const before = createApp({ config, store });
-    const after = createApp({ config: testConfig({ SESSION_SECRET: 'new-secret,old-secret' }), store });
-    const onlyNew = createApp({ config: testConfig({ SESSION_SECRET: 'new-secret' }), store });
+    const after = createApp({ config: testConfig({ ...env, SESSION_SECRET: 'new-secret,old-secret' }), store });
+    const onlyNew = createApp({ config: testConfig({ ...env, SESSION_SECRET: 'new-secret' }), store });
     const oldCookie = shouldSetCookie(await request(before).post('/login?name=daniel').expect(201));
+    await sleep(300);
 
     const res = await request(after).get('/user').set('Cookie', cookieHeader(oldCookie));
 

@@ -4,7 +4,7 @@ import { rateLimit } from 'express-rate-limit';
 import type { Store } from 'express-session';
 import type { Config } from '../config';
 import { HttpError, methodNotAllowed } from '../errors';
-import { createExpiryRule, createSessionMiddleware, enforceTimeouts, settle } from '../session';
+import { createExpiryRule, createSessionMiddleware, enforceTimeouts, renewCookie, settle } from '../session';
 
 export const MAX_NAME_LENGTH = 64;
 // C0 and C1 control characters, DEL included: never part of a name, and the stuff of log and header injection
@@ -29,8 +29,10 @@ export async function login(req: Request, res: Response): Promise<void> {
   try {
     // a new session ID at every login, so an ID planted before login is worthless after it (session fixation)
     await settle(req.session, 'regenerate');
+    const now = Date.now();
     req.session.user = { name };
-    req.session.loginAt = Date.now();
+    req.session.loginAt = now;
+    req.session.cookieRenewedAt = now;
     // saved before answering: a store that is full or down gets its error answer, not a 201 and a lost session
     await settle(req.session, 'save');
   } catch (err) {
@@ -88,7 +90,12 @@ function loginRateLimit(perMinute: number): RequestHandler[] {
  * request a layer), each with the session loaded and its timeouts enforced.
  */
 export function addSessionRoutes(router: Router, config: Readonly<Config>, store: Store): void {
-  const withSession = [noStore, createSessionMiddleware(config, store), enforceTimeouts(createExpiryRule(config))];
+  const withSession = [
+    noStore,
+    createSessionMiddleware(config, store),
+    enforceTimeouts(createExpiryRule(config)),
+    renewCookie(config),
+  ];
 
   router
     .route('/login')
