@@ -59,12 +59,13 @@ export function createSessionMiddleware(config: Readonly<Config>, store: Store):
 
 /** drops a loaded session past either timeout, whatever the store's own expiry granularity */
 export function enforceTimeouts(expiresAt: ExpiryRule): RequestHandler {
-  return async (req, _res, next) => {
-    if (req.session.user !== undefined && expiresAt(req.session) <= Date.now()) {
-      // regenerate, not destroy: the old one leaves the store and the request goes on with an empty session
-      await settle(req.session, 'regenerate');
+  return (req, _res, next) => {
+    if (req.session.user === undefined || expiresAt(req.session) > Date.now()) {
+      next();
+      return;
     }
-    next();
+    // regenerate, not destroy: the old one leaves the store and the request goes on with an empty session
+    settle(req.session, 'regenerate').then(() => next(), next);
   };
 }
 

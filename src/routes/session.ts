@@ -27,8 +27,10 @@ export function parseName(value: unknown): string {
 export async function login(req: Request, res: Response): Promise<void> {
   const name = parseName(req.query.name);
   try {
-    // a new session ID at every login, so an ID planted before login is worthless after it (session fixation)
-    await settle(req.session, 'regenerate');
+    // a new session ID at every login, so an ID planted before login is worthless after it (session fixation).
+    // A request that brought no stored session already holds an ID express-session drew for it just now,
+    // which nobody else has seen: only a loaded session needs a new one.
+    if (req.session.loginAt !== undefined) await settle(req.session, 'regenerate');
     const now = Date.now();
     req.session.user = { name };
     req.session.loginAt = now;
@@ -67,7 +69,7 @@ export function logout({ cookieName, cookieSecure }: Pick<Config, 'cookieName' |
 }
 
 const noStore: RequestHandler = (_req, res, next) => {
-  res.set('Cache-Control', 'no-store');
+  res.setHeader('Cache-Control', 'no-store');
   next();
 };
 

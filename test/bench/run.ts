@@ -18,6 +18,7 @@ const OUT = outIndex >= 0 && args[outIndex + 1] ? path.resolve(args[outIndex + 1
 const ROUNDS = quick ? 1 : 5;
 const SECONDS = quick ? 1 : 5;
 const FLOOD_SECONDS = quick ? 5 : 30;
+const WARMUP_SECONDS = quick ? 1 : 3;
 const CONNECTIONS = 10;
 const SECRET = 'benchmark-secret-benchmark-secret-benchmark';
 // our server as deployed behind a TLS-terminating proxy: production rules, Secure cookies, the proxy's header
@@ -110,8 +111,10 @@ function figures(result: Result): Figures {
   };
 }
 
+let duration = SECONDS;
+
 function load(options: Options): Promise<Result> {
-  return autocannon({ connections: CONNECTIONS, duration: SECONDS, ...options });
+  return autocannon({ connections: CONNECTIONS, duration, ...options });
 }
 
 interface Scenario {
@@ -288,6 +291,16 @@ async function main(): Promise<void> {
     }
     const byName = new Map(servers.map((server) => [server.name, server]));
 
+    // a warm-up pass first, so the rounds compare optimised code, not the JIT's first minutes
+    duration = WARMUP_SECONDS;
+    for (const scenario of scenarios) {
+      for (const target of scenario.targets) {
+        const server = byName.get(target);
+        if (server) await scenario.run(server);
+      }
+    }
+    duration = SECONDS;
+
     const rounds: Record<string, Record<string, Figures[]>> = {};
     console.log(`${ROUNDS} round(s) of ${SECONDS} s per scenario and server, ${CONNECTIONS} connections, ${os.cpus().length} cores`);
     for (let round = 1; round <= ROUNDS; round += 1) {
@@ -367,7 +380,7 @@ async function main(): Promise<void> {
       date: new Date().toISOString(),
       quick,
       machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? 'unknown', memoryGb: Math.round(os.totalmem() / 2 ** 30), node: process.version, platform: `${os.platform()} ${os.release()}` },
-      settings: { rounds: ROUNDS, secondsPerRun: SECONDS, connections: CONNECTIONS, floodSeconds: FLOOD_SECONDS },
+      settings: { rounds: ROUNDS, secondsPerRun: SECONDS, warmupSeconds: WARMUP_SECONDS, connections: CONNECTIONS, floodSeconds: FLOOD_SECONDS },
       rounds,
       results,
       ratios,
