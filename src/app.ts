@@ -1,5 +1,6 @@
 import path from 'node:path';
 import express, { type Express } from 'express';
+import type { Store as RateLimitStore } from 'express-rate-limit';
 import type { Store } from 'express-session';
 import helmet from 'helmet';
 import type { Logger } from 'pino';
@@ -12,11 +13,13 @@ import { addSessionRoutes } from './routes/session';
 export interface AppOptions {
   config: Readonly<Config>;
   store: Store;
+  /** where the login limit counts; express-rate-limit's memory store when absent */
+  rateLimitStore?: RateLimitStore;
   logger?: Logger;
 }
 
 /** The Express app: middleware order, routes, 404 and the error handler. It never listens. */
-export function createApp({ config, store, logger = createLogger(config) }: AppOptions): Express {
+export function createApp({ config, store, rateLimitStore, logger = createLogger(config) }: AppOptions): Express {
   const app = express();
   app.disable('x-powered-by');
   // every answer is fresh and personal: an ETag would be hashing for nothing
@@ -26,7 +29,7 @@ export function createApp({ config, store, logger = createLogger(config) }: AppO
   app.use(helmet());
   if (config.logLevel !== 'silent') app.use(requestLogger(logger));
   addHealthRoutes(app.router, store);
-  addSessionRoutes(app.router, config, store);
+  addSessionRoutes(app.router, { config, store, rateLimitStore });
   // the page to try sessions in a browser; after the API, so API requests never look at the disk
   app.use(express.static(path.join(__dirname, 'public'), { redirect: false }));
   app.use(notFound);

@@ -1,7 +1,8 @@
 import { RedisStore } from 'connect-redis';
 import type { SessionData } from 'express-session';
 import type { Logger } from 'pino';
-import { createClient } from 'redis';
+import { RedisStore as RedisRateLimitStore, type RedisReply } from 'rate-limit-redis';
+import { createClient, ErrorReply } from 'redis';
 import { maskUrlPassword, type Config } from './config';
 import { StoreUnavailableError } from './errors';
 import type { ExpiryRule } from './session';
@@ -14,6 +15,29 @@ const STARTUP_TIMEOUT_MS = 10_000;
 const MAX_RECONNECT_DELAY_MS = 2000;
 
 type Callback = (err?: unknown, data?: SessionData | null) => unknown;
+
+/**
+ * A raw command's reply within the deadline. Redis's own error replies (NOSCRIPT, say) pass through untouched, for
+ * the caller to handle; a connection that fails or stalls becomes the 503 the client is owed.
+ */
+function withDeadline<T>(promise: Promise<T>): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new StoreUnavailableError(new Error(`Redis did not answer within ${COMMAND_TIMEOUT_MS} ms`))),
+      COMMAND_TIMEOUT_MS,
+    );
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err instanceof ErrorReply ? err : new StoreUnavailableError(err));
+      },
+    );
+  });
+}
 
 /**
  * Runs one store operation with a deadline, and turns a Redis failure into the 503 the client is owed (the
@@ -122,6 +146,12 @@ export function createRedisSessionStore(config: Readonly<Config>, expiresAt: Exp
         clearTimeout(timer);
       }
     },
+    // the login limit counted in Redis as well, so all instances share one budget per client
+    rateLimitStore: () =>
+      new RedisRateLimitStore({
+        prefix: 'rl:login:',
+        sendCommand: (...command: string[]) => withDeadline(client.sendCommand(command) as Promise<RedisReply>),
+      }),
     async close() {
       // a clean QUIT when Redis is there; otherwise stop reconnecting at once
       if (client.isReady) await client.close();

@@ -32,7 +32,7 @@ async function main(): Promise<void> {
     process.exit(1);
   }
 
-  const app = createApp({ config, store: sessions.store, logger });
+  const app = createApp({ config, store: sessions.store, rateLimitStore: sessions.rateLimitStore?.(), logger });
   const server = app.listen(config.port);
   server.on('listening', () => {
     const address = server.address();

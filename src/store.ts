@@ -1,3 +1,4 @@
+import type { Store as RateLimitStore } from 'express-rate-limit';
 import type { Store } from 'express-session';
 import type { Logger } from 'pino';
 import type { Config } from './config';
@@ -9,6 +10,8 @@ export interface SessionStore {
   store: Store;
   /** resolves once the store can serve sessions; rejects, naming the store, when it cannot */
   ready(): Promise<void>;
+  /** where the login limit counts, when it must be shared between instances (after ready()); else in memory */
+  rateLimitStore?(): RateLimitStore;
   /** lets go of timers and connections */
   close(): Promise<void>;
 }

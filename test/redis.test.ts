@@ -35,7 +35,7 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
     const sessions = await createSessionStore(config, silent);
     await sessions.ready();
     opened.push(sessions);
-    return { app: createApp({ config, store: sessions.store }), sessions };
+    return { app: createApp({ config, store: sessions.store, rateLimitStore: sessions.rateLimitStore?.() }), sessions };
   }
 
   async function login(app: Parameters<typeof request>[0], name = 'daniel') {
@@ -144,6 +144,19 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
     expect(await inspector.exists('sess:renewed')).toBe(0);
   });
 
+  it('when instances share Redis, then the login limit is one budget per client across all of them', async () => {
+    const stale = await inspector.keys('rl:login:*');
+    if (stale.length > 0) await inspector.del(stale);
+    const a = await instance({ LOGIN_RATE_LIMIT_PER_MINUTE: '2' });
+    const b = await instance({ LOGIN_RATE_LIMIT_PER_MINUTE: '2' });
+
+    const statuses = [];
+    for (const app of [a.app, b.app, a.app, b.app]) statuses.push((await request(app).post('/login?name=daniel')).status);
+
+    expect(statuses).toEqual([201, 201, 429, 429]);
+    expect(await inspector.keys('rl:login:*')).toHaveLength(1);
+  });
+
   it('when /healthz is asked, then it answers from a real round trip', async () => {
     const { app } = await instance();
 
@@ -172,10 +185,11 @@ describeWith('redis-server', 'a Redis outage', () => {
   });
 
   it('when Redis dies, then every request is answered 503 within 5 s; when it returns, the server recovers by itself', async () => {
-    const config = testConfig({ SESSION_STORE: 'redis', REDIS_URL: redis.url });
+    // the login limit counts in Redis too: it must fail the same clean way
+    const config = testConfig({ SESSION_STORE: 'redis', REDIS_URL: redis.url, LOGIN_RATE_LIMIT_PER_MINUTE: '100' });
     sessions = await createSessionStore(config, silent);
     await sessions.ready();
-    const app = createApp({ config, store: sessions.store });
+    const app = createApp({ config, store: sessions.store, rateLimitStore: sessions.rateLimitStore?.() });
     const header = cookieHeader(shouldSetCookie(await request(app).post('/login?name=daniel').expect(201)));
 
     await redis.stop();

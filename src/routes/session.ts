@@ -1,6 +1,6 @@
 import cookieParser from 'cookie-parser';
 import type { Request, RequestHandler, Response, Router } from 'express';
-import { rateLimit } from 'express-rate-limit';
+import { rateLimit, type Store as RateLimitStore } from 'express-rate-limit';
 import type { Store } from 'express-session';
 import type { Config } from '../config';
 import { HttpError, methodNotAllowed } from '../errors';
@@ -73,12 +73,13 @@ const noStore: RequestHandler = (_req, res, next) => {
   next();
 };
 
-function loginRateLimit(perMinute: number): RequestHandler[] {
+function loginRateLimit(perMinute: number, store?: RateLimitStore): RequestHandler[] {
   if (perMinute === 0) return [];
   return [
     rateLimit({
       windowMs: 60_000,
       limit: perMinute,
+      store,
       standardHeaders: 'draft-8',
       legacyHeaders: false,
       // express-rate-limit has set Retry-After already; the error handler writes the JSON
@@ -91,7 +92,10 @@ function loginRateLimit(perMinute: number): RequestHandler[] {
  * Adds POST /login, GET /user and POST /logout to `router` (the app itself: a nested Router would cost every
  * request a layer), each with the session loaded and its timeouts enforced.
  */
-export function addSessionRoutes(router: Router, config: Readonly<Config>, store: Store): void {
+export function addSessionRoutes(
+  router: Router,
+  { config, store, rateLimitStore }: { config: Readonly<Config>; store: Store; rateLimitStore?: RateLimitStore },
+): void {
   const withSession = [
     noStore,
     createSessionMiddleware(config, store),
@@ -101,7 +105,7 @@ export function addSessionRoutes(router: Router, config: Readonly<Config>, store
 
   router
     .route('/login')
-    .post(...loginRateLimit(config.loginRateLimitPerMinute), ...withSession, login)
+    .post(...loginRateLimit(config.loginRateLimitPerMinute, rateLimitStore), ...withSession, login)
     .all(methodNotAllowed('POST'));
   router.route('/user').get(...withSession, showUser).all(methodNotAllowed('GET, HEAD'));
   router
