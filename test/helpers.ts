@@ -1,4 +1,4 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import net from 'node:net';
@@ -229,3 +229,40 @@ export function runCollection(baseUrl: string): Promise<NewmanRunSummary> {
   });
 }
 
+
+const ROOT = path.join(__dirname, '..');
+const SERVER = path.join(ROOT, 'src', 'server.ts');
+
+export interface Run {
+  child: ChildProcessWithoutNullStreams;
+  output: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; afterMs: number }>;
+}
+
+/** the real entry point, as `npm start` runs it, in a process of its own */
+export function startServer(env: Record<string, string>): Run {
+  const started = Date.now();
+  const child = spawn(process.execPath, ['-r', 'ts-node/register/transpile-only', SERVER], {
+    cwd: ROOT,
+    // a developer's own .env must not leak in: everything the tests rely on is set here
+    env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'silent', LOGIN_RATE_LIMIT_PER_MINUTE: '0', ...env },
+  });
+  let output = '';
+  child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; afterMs: number }>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal, afterMs: Date.now() - started })),
+  );
+  return { child, output: () => output, exited };
+}
+
+/** waits for the start-up line; resolves with the port it names */
+export async function listening(run: Run): Promise<number> {
+  for (let waited = 0; waited < 20_000; waited += 50) {
+    const match = /Server listening at http:\/\/localhost:(\d+)/.exec(run.output());
+    if (match) return Number(match[1]);
+    if (run.child.exitCode !== null) break;
+    await sleep(50);
+  }
+  throw new Error(`server did not start:\n${run.output()}`);
+}

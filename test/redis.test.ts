@@ -1,5 +1,3 @@
-import { spawn } from 'node:child_process';
-import path from 'node:path';
 import type { SessionData } from 'express-session';
 import pino from 'pino';
 import { createClient } from 'redis';
@@ -7,7 +5,19 @@ import request from 'supertest';
 import type { Env } from '../src/config';
 import { createApp } from '../src/app';
 import { createSessionStore, type SessionStore } from '../src/store';
-import { cookieHeader, describeWith, freePort, logoutRacingReads, RedisServer, sessionId, shouldSetCookie, sleep, testConfig } from './helpers';
+import {
+  cookieHeader,
+  describeWith,
+  freePort,
+  listening,
+  logoutRacingReads,
+  RedisServer,
+  sessionId,
+  shouldSetCookie,
+  sleep,
+  startServer,
+  testConfig,
+} from './helpers';
 
 const silent = pino({ level: 'silent' });
 
@@ -252,27 +262,18 @@ describeWith('redis-server', 'a Redis outage', () => {
 describeWith('redis-server', 'the server process on Redis', () => {
   it('when it gets SIGTERM, then it closes its Redis client and exits 0 within 10 s', async () => {
     const redis = await RedisServer.start();
-    const port = await freePort();
-    const child = spawn(process.execPath, ['-r', 'ts-node/register/transpile-only', path.join(__dirname, '..', 'src', 'server.ts')], {
-      cwd: path.join(__dirname, '..'),
-      env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'silent', SESSION_STORE: 'redis', REDIS_URL: redis.url, APPLICATION_PORT: String(port) },
-    });
-    let output = '';
-    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    const run = startServer({ SESSION_STORE: 'redis', REDIS_URL: redis.url, APPLICATION_PORT: String(await freePort()) });
     try {
-      for (let waited = 0; !output.includes('Server listening') && waited < 20_000; waited += 50) await sleep(50);
-      const login = await request(`http://127.0.0.1:${port}`).post('/login?name=daniel');
-      expect(login.status).toBe(201);
+      const port = await listening(run);
+      expect((await request(`http://127.0.0.1:${port}`).post('/login?name=daniel')).status).toBe(201);
 
       const signalled = Date.now();
-      child.kill('SIGTERM');
+      run.child.kill('SIGTERM');
 
-      expect(await exited).toBe(0);
+      expect((await run.exited).code).toBe(0);
       expect(Date.now() - signalled).toBeLessThan(10_000);
     } finally {
-      if (child.exitCode === null) child.kill('SIGKILL');
+      if (run.child.exitCode === null) run.child.kill('SIGKILL');
       await redis.stop();
     }
   });
