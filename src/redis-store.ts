@@ -17,8 +17,10 @@ const MAX_RECONNECT_DELAY_MS = 2000;
 type Callback = (err?: unknown, data?: SessionData | null) => unknown;
 
 /**
- * A raw command's reply within the deadline. Redis's own error replies (NOSCRIPT, say) pass through untouched, for
- * the caller to handle; a connection that fails or stalls becomes the 503 the client is owed.
+ * A Redis reply within the deadline; a connection that fails or stalls becomes the 503 the client is owed (the
+ * cause is kept for the log), while Redis's own error replies (NOSCRIPT, say) pass through for the caller.
+ * Written here because node-redis's own command timeout stops counting once a command is written, so a Redis
+ * that stalls with the connection open would hang requests for good.
  */
 function withDeadline<T>(promise: Promise<T>): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -39,24 +41,12 @@ function withDeadline<T>(promise: Promise<T>): Promise<T> {
   });
 }
 
-/**
- * Runs one store operation with a deadline, and turns a Redis failure into the 503 the client is owed (the
- * cause is kept for the log). Written here because node-redis's own command timeout stops counting once a
- * command is written, so a Redis that stalls with the connection open would hang requests for good.
- */
-function guarded(callback: Callback | undefined, operation: (done: Callback) => unknown): Promise<void> {
-  return new Promise((resolve) => {
-    let settled = false;
-    const finish: Callback = (err, data) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      callback?.(err ? new StoreUnavailableError(err) : null, data);
-      resolve();
-    };
-    const timer = setTimeout(() => finish(new Error(`Redis did not answer within ${COMMAND_TIMEOUT_MS} ms`)), COMMAND_TIMEOUT_MS);
-    operation(finish);
-  });
+/** a store operation, within the deadline, answered through express-session's callback */
+function answer(callback: Callback | undefined, operation: Promise<unknown>): Promise<void> {
+  return withDeadline(operation).then(
+    (data) => void callback?.(null, (data ?? null) as SessionData | null),
+    (err: unknown) => void callback?.(err),
+  );
 }
 
 type RedisClient = ReturnType<typeof createClient>;
@@ -69,15 +59,15 @@ class GuardedRedisStore extends RedisStore {
     super({ client: redis, ttl: ttlSeconds });
   }
 
+  // without a callback, connect-redis's methods resolve with their result or reject with the Redis error
   override get(sid: string, callback?: Callback) {
-    return guarded(callback, (done) => super.get(sid, done));
+    return answer(callback, super.get(sid));
   }
 
   override set(sid: string, sess: SessionData, callback?: Callback) {
     // a login writes a new session; any later save only renews one, and must not recreate it after a logout
     // that raced it (SET XX writes only a key that still exists)
-    if (sess.cookieRenewedAt === sess.loginAt) return guarded(callback, (done) => super.set(sid, sess, done));
-    return guarded(callback, (done) => this.renew(sid, sess).then(() => done(), done));
+    return answer(callback, sess.cookieRenewedAt === sess.loginAt ? super.set(sid, sess) : this.renew(sid, sess));
   }
 
   private async renew(sid: string, sess: SessionData): Promise<void> {
@@ -94,11 +84,11 @@ class GuardedRedisStore extends RedisStore {
 
   // EXPIRE on a missing key does nothing, so a touch racing a logout cannot bring the session back
   override touch(sid: string, sess: SessionData, callback?: Callback) {
-    return guarded(callback, (done) => super.touch(sid, sess, done));
+    return answer(callback, super.touch(sid, sess));
   }
 
   override destroy(sid: string, callback?: Callback) {
-    return guarded(callback, (done) => super.destroy(sid, done));
+    return answer(callback, super.destroy(sid));
   }
 }
 
@@ -150,7 +140,7 @@ export function createRedisSessionStore(config: Readonly<Config>, expiresAt: Exp
     rateLimitStore: () =>
       new RedisRateLimitStore({
         prefix: 'rl:login:',
-        sendCommand: (...command: string[]) => withDeadline(client.sendCommand(command) as Promise<RedisReply>),
+        sendCommand: (...command: string[]) => withDeadline(client.sendCommand<RedisReply>(command)),
       }),
     async close() {
       // a clean QUIT when Redis is there; otherwise stop reconnecting at once
