@@ -1,4 +1,6 @@
 // The only module that touches the process: environment, port, signals. Nothing imports it.
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import dotenv from 'dotenv';
 import { createApp } from './app';
 import { ConfigError, loadConfig } from './config';
@@ -38,6 +40,19 @@ async function main(): Promise<void> {
     const address = server.address();
     const port = typeof address === 'object' && address ? address.port : config.port;
     console.log('Server listening at http://localhost:%s', port);
+  });
+  // requests Node refuses before Express sees them (headers over 16 KB, a broken request line) get JSON too
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
+    const body = JSON.stringify({ error: status === 431 ? 'Request headers too large' : 'Bad request' });
+    socket.end(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
   });
   server.on('error', (err: NodeJS.ErrnoException) => {
     console.error(`Cannot listen on port ${config.port} (APPLICATION_PORT): ${err.code ?? err.message}`);

@@ -78,6 +78,25 @@ describe('the server process', () => {
     socket.destroy();
   });
 
+  it.each([
+    ['headers over 16 KB', `GET /user?name=${'a'.repeat(20_000)} HTTP/1.1\r\nHost: localhost\r\n\r\n`, 431, 'Request headers too large'],
+    ['a broken request line', 'GARBAGE\r\n\r\n', 400, 'Bad request'],
+  ])('when Node refuses a request with %s, then the answer is JSON too', async (_what, raw, status, error) => {
+    const run = start({ APPLICATION_PORT: String(await freePort()) });
+    const port = await listening(run);
+    const socket = net.connect(port, '127.0.0.1');
+    let response = '';
+    socket.on('data', (chunk: Buffer) => (response += chunk.toString()));
+    await once(socket, 'connect');
+
+    socket.write(raw);
+    await once(socket, 'close');
+
+    expect(response).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
+    expect(response).toMatch(/content-type: application\/json/i);
+    expect(JSON.parse(response.slice(response.indexOf('\r\n\r\n') + 4))).toEqual({ error });
+  });
+
   it('when SESSION_STORE=redis and Redis cannot be reached, then it exits non-zero within 15 s naming Redis, password masked', async () => {
     const port = await freePort();
     const run = start({ SESSION_STORE: 'redis', REDIS_URL: `redis://:hunter2@127.0.0.1:${port}`, APPLICATION_PORT: String(await freePort()) });
