@@ -1,6 +1,6 @@
 import { Store, type SessionData } from 'express-session';
 import { HttpError } from './errors';
-import type { ExpiryRule } from './session';
+import { isRenewal, type ExpiryRule } from './session';
 
 export interface MemoryStoreOptions {
   /** most live sessions held at once */
@@ -29,8 +29,6 @@ interface Entry {
 type Callback = (err?: unknown) => void;
 type GetCallback = (err: unknown, session?: SessionData | null) => void;
 
-// a full store is swept at most this often, so a login flood cannot turn every request into a full scan
-const FULL_PRUNE_MIN_INTERVAL_MS = 1000;
 
 function cookieExpires(sess: SessionData): number | null {
   const expires = sess.cookie?.expires;
@@ -46,7 +44,8 @@ function cookieExpires(sess: SessionData): number | null {
 export class BoundedMemoryStore extends Store {
   private readonly sessions = new Map<string, Entry>();
   private readonly timer: NodeJS.Timeout;
-  private lastPruneAt = 0;
+  // no held session expires before this (a lower bound: touches only push expiries later), so a full store is
+  // swept only when a sweep can free something, and a login flood never turns each request into a full scan
   private nextExpiryAt = Number.POSITIVE_INFINITY;
 
   constructor(private readonly options: MemoryStoreOptions) {
@@ -74,12 +73,19 @@ export class BoundedMemoryStore extends Store {
       callback?.();
       return;
     }
-    if (!this.sessions.has(sid) && this.isFull()) {
+    const held = this.sessions.has(sid);
+    // a renewal of a session that is gone (a logout came first) is dropped, never written back
+    if (!held && isRenewal(sess)) {
+      callback?.();
+      return;
+    }
+    if (!held && this.isFull()) {
       const retryAfterMs = this.nextExpiryAt - Date.now();
       callback?.(new StoreFullError(Number.isFinite(retryAfterMs) ? Math.max(1, Math.ceil(retryAfterMs / 1000)) : 60));
       return;
     }
     this.sessions.set(sid, { json: JSON.stringify(sess), cookieExpires: cookieExpires(sess), expiresAt });
+    this.nextExpiryAt = Math.min(this.nextExpiryAt, expiresAt);
     callback?.();
   }
 
@@ -120,7 +126,6 @@ export class BoundedMemoryStore extends Store {
         nextExpiryAt = entry.expiresAt;
       }
     }
-    this.lastPruneAt = now;
     this.nextExpiryAt = nextExpiryAt;
     return removed;
   }
@@ -141,7 +146,7 @@ export class BoundedMemoryStore extends Store {
   private isFull(): boolean {
     if (this.sessions.size < this.options.max) return false;
     const now = Date.now();
-    if (now - this.lastPruneAt >= FULL_PRUNE_MIN_INTERVAL_MS) this.prune(now);
+    if (now >= this.nextExpiryAt) this.prune(now);
     return this.sessions.size >= this.options.max;
   }
 }

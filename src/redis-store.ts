@@ -5,7 +5,7 @@ import { RedisStore as RedisRateLimitStore, type RedisReply } from 'rate-limit-r
 import { createClient, ErrorReply } from 'redis';
 import { maskUrlPassword, type Config } from './config';
 import { StoreUnavailableError } from './errors';
-import type { ExpiryRule } from './session';
+import { isRenewal, type ExpiryRule } from './session';
 import type { SessionStore } from './store';
 
 // a store operation that has not answered by then fails, so a stalled Redis gives a 503 well within 5 s
@@ -65,11 +65,10 @@ class GuardedRedisStore extends RedisStore {
   }
 
   override set(sid: string, sess: SessionData, callback?: Callback) {
-    // a login writes a new session; any later save only renews one, and must not recreate it after a logout
-    // that raced it (SET XX writes only a key that still exists)
-    return answer(callback, sess.cookieRenewedAt === sess.loginAt ? super.set(sid, sess) : this.renew(sid, sess));
+    return answer(callback, isRenewal(sess) ? this.renew(sid, sess) : super.set(sid, sess));
   }
 
+  // SET XX writes only a key that still exists: a renewal racing a logout cannot recreate the session
   private async renew(sid: string, sess: SessionData): Promise<void> {
     const ttl = this.ttlSeconds(sess);
     if (ttl <= 0) {

@@ -91,6 +91,14 @@ export function renewCookie(config: Pick<Config, 'idleTimeoutSeconds'>): Request
   };
 }
 
+/**
+ * Whether a save only renews a session that already exists (anything after the login that created it). Stores
+ * write a renewal only over a session they still hold, so a renewal racing a logout cannot bring it back.
+ */
+export function isRenewal(sess: Partial<Pick<SessionData, 'loginAt' | 'cookieRenewedAt'>>): boolean {
+  return sess.cookieRenewedAt !== sess.loginAt;
+}
+
 /** express-session's callback methods as promises: the one helper every caller uses */
 export function settle(sess: Session, method: 'regenerate' | 'save' | 'destroy'): Promise<void> {
   return new Promise((resolve, reject) => {

@@ -87,6 +87,21 @@ describe('BoundedMemoryStore', () => {
     store.close();
   });
 
+  it('when the store is full and a session expired after the last sweep, then a new one is taken at once', async () => {
+    const store = storeWith(1);
+    store.set('old', session(20));
+    // a timer sweep just before the expiry finds nothing to remove
+    store.prune();
+    await sleep(40);
+    let error: unknown = 'not called';
+
+    store.set('new', session(60_000), (err) => (error = err));
+
+    expect(error).toBeUndefined();
+    expect(get(store, 'new')).not.toBeNull();
+    store.close();
+  });
+
   it('when the store is full, then an existing session can still be saved', () => {
     const store = storeWith(1);
     store.set('a', session(60_000, { user: { name: 'first' } }));
@@ -109,6 +124,18 @@ describe('BoundedMemoryStore', () => {
 
     expect(get(store, 's')).toBeNull();
     expect(size(store)).toBe(0);
+    store.close();
+  });
+
+  it('when a renewal is saved after its session was destroyed, then the session is not recreated', () => {
+    const store = storeWith(10);
+    const loginAt = Date.now();
+    store.set('s', session(60_000, { loginAt, cookieRenewedAt: loginAt }));
+    store.destroy('s');
+
+    store.set('s', session(60_000, { loginAt, cookieRenewedAt: loginAt + 1000 }));
+
+    expect(get(store, 's')).toBeNull();
     store.close();
   });
 
