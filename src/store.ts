@@ -24,19 +24,25 @@ const MAX_PRUNE_INTERVAL_MS = 60_000;
  * instance; its packages are loaded only when chosen).
  */
 export async function createSessionStore(config: Readonly<Config>, logger: Logger): Promise<SessionStore> {
-  const expiresAt = createExpiryRule(config);
   if (config.sessionStore === 'redis') {
     const { createRedisSessionStore } = await import('./redis-store');
-    return createRedisSessionStore(config, expiresAt, logger);
+    return createRedisSessionStore(config, createExpiryRule(config), logger);
   }
-  const store = new BoundedMemoryStore({
-    max: config.sessionMemoryMax,
-    expiresAt,
-    pruneIntervalMs: Math.min(config.idleTimeoutSeconds * 1000, MAX_PRUNE_INTERVAL_MS),
-  });
+  const store = createMemoryStore(config);
   return {
     store,
     ready: async () => {},
     close: async () => store.close(),
   };
+}
+
+/** the bounded memory store as SESSION_MEMORY_MAX and the timeouts configure it */
+export function createMemoryStore(
+  config: Pick<Config, 'sessionMemoryMax' | 'idleTimeoutSeconds' | 'absoluteTimeoutSeconds'>,
+): BoundedMemoryStore {
+  return new BoundedMemoryStore({
+    max: config.sessionMemoryMax,
+    expiresAt: createExpiryRule(config),
+    pruneIntervalMs: Math.min(config.idleTimeoutSeconds * 1000, MAX_PRUNE_INTERVAL_MS),
+  });
 }

@@ -1,29 +1,23 @@
-import { spawn, spawnSync, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
-import type { AddressInfo } from 'node:net';
-import net from 'node:net';
 import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import type { Express } from 'express';
 import path from 'node:path';
 import newman, { type NewmanRunSummary } from 'newman';
-import type { Response } from 'supertest';
+import request, { type Response } from 'supertest';
 import { createApp } from '../src/app';
 import { loadConfig, type Config, type Env } from '../src/config';
-import { BoundedMemoryStore } from '../src/memory-store';
-import { createExpiryRule } from '../src/session';
+import type { BoundedMemoryStore } from '../src/memory-store';
+import { createMemoryStore } from '../src/store';
+import { installed, ROOT, sleep, spawnNode, type Run } from './processes';
+
+export { freePort, installed, listening, RedisServer, sleep, type Run } from './processes';
 
 /** configuration as the server would read it, quiet and unthrottled unless a test says otherwise */
 export function testConfig(env: Env = {}): Readonly<Config> {
   return loadConfig({ LOG_LEVEL: 'silent', LOGIN_RATE_LIMIT_PER_MINUTE: '0', ...env });
 }
 
-export function memoryStore(config: Readonly<Config>): BoundedMemoryStore {
-  return new BoundedMemoryStore({
-    max: config.sessionMemoryMax,
-    expiresAt: createExpiryRule(config),
-    pruneIntervalMs: 60_000,
-  });
-}
 
 export interface TestApp {
   app: Express;
@@ -37,7 +31,7 @@ afterAll(() => stores.forEach((store) => store.close()));
 /** the app on a bounded memory store, both built as the server builds them */
 export function makeApp(env: Env = {}): TestApp {
   const config = testConfig(env);
-  const store = memoryStore(config);
+  const store = createMemoryStore(config);
   stores.push(store);
   return { app: createApp({ config, store }), config, store };
 }
@@ -90,8 +84,6 @@ export function cookieHeader(cookie: Cookie): string {
   return `${cookie.name}=${cookie.value}`;
 }
 
-export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
 /** the app on a real socket on a free port; close() stops it */
 export async function listen(app: Express): Promise<{ url: string; port: number; server: Server; close(): Promise<void> }> {
   const server = app.listen(0, '127.0.0.1');
@@ -107,20 +99,6 @@ export async function listen(app: Express): Promise<{ url: string; port: number;
         server.closeAllConnections();
       }),
   };
-}
-
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-/** whether a program is on the PATH */
-export function installed(program: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${program}`]).status === 0;
 }
 
 /**
@@ -144,68 +122,11 @@ export function describeWith(program: string, name: string, body: () => void): v
   describe.skip(name, body);
 }
 
-/** A real redis-server of the test's own on a free loopback port, with no persistence; stop() and start() again. */
-export class RedisServer {
-  private process?: ChildProcess;
-
-  private constructor(readonly port: number) {}
-
-  static async start(): Promise<RedisServer> {
-    const server = new RedisServer(await freePort());
-    await server.start();
-    return server;
-  }
-
-  get url(): string {
-    return `redis://127.0.0.1:${this.port}`;
-  }
-
-  async start(): Promise<void> {
-    const child = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    this.process = child;
-    let output = '';
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`redis-server did not start:\n${output}`)), 10_000);
-      child.stdout?.on('data', (chunk: Buffer) => {
-        output += chunk.toString();
-        if (output.includes('Ready to accept connections')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      child.on('exit', (code) => {
-        clearTimeout(timer);
-        reject(new Error(`redis-server exited with ${code}:\n${output}`));
-      });
-    });
-  }
-
-  /** freezes it (SIGSTOP): connections stay open, nothing answers */
-  pause(): void {
-    this.process?.kill('SIGSTOP');
-  }
-
-  resume(): void {
-    this.process?.kill('SIGCONT');
-  }
-
-  /** kills it outright, as a crash would */
-  async stop(): Promise<void> {
-    const child = this.process;
-    if (!child || child.exitCode !== null) return;
-    child.kill('SIGKILL');
-    await once(child, 'exit');
-  }
-}
-
 /**
  * Logs in, then fires reads of that session around a logout, all at once: returns the cookie. Afterwards the
  * session must stay logged out, whatever order the store saw the reads' touches and the logout's delete in.
  */
 export async function logoutRacingReads(app: Express, { reads = 30, waitMs = 0 } = {}): Promise<string> {
-  const { default: request } = await import('supertest');
   const cookie = cookieHeader(shouldSetCookie(await request(app).post('/login?name=racer').expect(201)));
   // waiting past the renewal interval makes the reads renewals, which write the session back
   if (waitMs > 0) await sleep(waitMs);
@@ -217,7 +138,7 @@ export async function logoutRacingReads(app: Express, { reads = 30, waitMs = 0 }
   return cookie;
 }
 
-const COLLECTION = path.join(__dirname, '..', 'postman', 'session-management.postman_collection.json');
+const COLLECTION = path.join(ROOT, 'postman', 'session-management.postman_collection.json');
 
 /** runs the collection with newman against `baseUrl`; resolves with the run's summary */
 export function runCollection(baseUrl: string): Promise<NewmanRunSummary> {
@@ -229,40 +150,11 @@ export function runCollection(baseUrl: string): Promise<NewmanRunSummary> {
   });
 }
 
-
-const ROOT = path.join(__dirname, '..');
-const SERVER = path.join(ROOT, 'src', 'server.ts');
-
-export interface Run {
-  child: ChildProcessWithoutNullStreams;
-  output: () => string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; afterMs: number }>;
-}
-
-/** the real entry point, as `npm start` runs it, in a process of its own */
+/** the real entry point, as `npm start` runs it (without the watcher), in a process of its own */
 export function startServer(env: Record<string, string>): Run {
-  const started = Date.now();
-  const child = spawn(process.execPath, ['-r', 'ts-node/register/transpile-only', SERVER], {
-    cwd: ROOT,
-    // a developer's own .env must not leak in: everything the tests rely on is set here
-    env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'silent', LOGIN_RATE_LIMIT_PER_MINUTE: '0', ...env },
+  return spawnNode(['-r', 'ts-node/register/transpile-only', path.join(ROOT, 'src', 'server.ts')], {
+    LOG_LEVEL: 'silent',
+    LOGIN_RATE_LIMIT_PER_MINUTE: '0',
+    ...env,
   });
-  let output = '';
-  child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; afterMs: number }>((resolve) =>
-    child.on('exit', (code, signal) => resolve({ code, signal, afterMs: Date.now() - started })),
-  );
-  return { child, output: () => output, exited };
-}
-
-/** waits for the start-up line; resolves with the port it names */
-export async function listening(run: Run): Promise<number> {
-  for (let waited = 0; waited < 20_000; waited += 50) {
-    const match = /Server listening at http:\/\/localhost:(\d+)/.exec(run.output());
-    if (match) return Number(match[1]);
-    if (run.child.exitCode !== null) break;
-    await sleep(50);
-  }
-  throw new Error(`server did not start:\n${run.output()}`);
 }

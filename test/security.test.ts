@@ -1,6 +1,7 @@
 import request from 'supertest';
 import { createApp } from '../src/app';
-import { cookieHeader, makeApp, memoryStore, sessionId, setCookies, shouldNotSetCookie, shouldSetCookie, sleep, testConfig } from './helpers';
+import { createMemoryStore } from '../src/store';
+import { cookieHeader, makeApp, sessionId, setCookies, shouldNotSetCookie, shouldSetCookie, sleep, testConfig } from './helpers';
 
 const STRONG = 'production-secret-of-at-least-32-characters';
 const PRODUCTION = { NODE_ENV: 'production', SESSION_SECRET: STRONG };
@@ -183,7 +184,7 @@ describe('secret rotation', () => {
     // a short idle timeout, so the cookie is due for renewal (and re-signing) at the next request
     const env = { SESSION_IDLE_TIMEOUT_SECONDS: '2' };
     const config = testConfig({ ...env, SESSION_SECRET: 'old-secret' });
-    const store = memoryStore(config);
+    const store = createMemoryStore(config);
     const before = createApp({ config, store });
     const after = createApp({ config: testConfig({ ...env, SESSION_SECRET: 'new-secret,old-secret' }), store });
     const onlyNew = createApp({ config: testConfig({ ...env, SESSION_SECRET: 'new-secret' }), store });
@@ -203,7 +204,7 @@ describe('secret rotation', () => {
 
   it('when a cookie was signed by a secret not in the list, then it is refused', async () => {
     const config = testConfig({ SESSION_SECRET: 'retired-secret' });
-    const store = memoryStore(config);
+    const store = createMemoryStore(config);
     const retired = createApp({ config, store });
     const current = createApp({ config: testConfig({ SESSION_SECRET: 'new-secret,old-secret' }), store });
     const cookie = shouldSetCookie(await request(retired).post('/login?name=daniel').expect(201));

@@ -3,6 +3,15 @@ import http from 'node:http';
 import net from 'node:net';
 import { freePort, listening, runCollection, sleep, startServer, type Run } from './helpers';
 
+/** a plain TCP connection to the server, collecting whatever it answers */
+async function rawConnection(port: number): Promise<net.Socket & { response(): string }> {
+  const socket = net.connect(port, '127.0.0.1');
+  let response = '';
+  socket.on('data', (chunk: Buffer) => (response += chunk.toString()));
+  await once(socket, 'connect');
+  return Object.assign(socket, { response: () => response });
+}
+
 describe('the server process', () => {
   const runs: Run[] = [];
   afterEach(() => runs.splice(0).forEach((run) => run.child.exitCode === null && run.child.kill('SIGKILL')));
@@ -57,10 +66,7 @@ describe('the server process', () => {
   it('when a request is in flight at SIGINT, then it is answered before the process exits 0', async () => {
     const run = start({ APPLICATION_PORT: String(await freePort()) });
     const port = await listening(run);
-    const socket = net.connect(port, '127.0.0.1');
-    let response = '';
-    socket.on('data', (chunk: Buffer) => (response += chunk.toString()));
-    await once(socket, 'connect');
+    const socket = await rawConnection(port);
     // half a request head: the server is mid-request when the signal lands
     socket.write('GET /user HTTP/1.1\r\nHost: localhost\r\n');
     await sleep(200);
@@ -71,8 +77,8 @@ describe('the server process', () => {
     socket.write('\r\n');
     const { code } = await run.exited;
 
-    expect(response).toMatch(/^HTTP\/1\.1 200 OK/);
-    expect(response).toContain('{"info":"No data present in session"}');
+    expect(socket.response()).toMatch(/^HTTP\/1\.1 200 OK/);
+    expect(socket.response()).toContain('{"info":"No data present in session"}');
     expect(code).toBe(0);
     expect(Date.now() - signalled).toBeLessThan(10_000);
     socket.destroy();
@@ -84,13 +90,11 @@ describe('the server process', () => {
   ])('when Node refuses a request with %s, then the answer is JSON too', async (_what, raw, status, error) => {
     const run = start({ APPLICATION_PORT: String(await freePort()) });
     const port = await listening(run);
-    const socket = net.connect(port, '127.0.0.1');
-    let response = '';
-    socket.on('data', (chunk: Buffer) => (response += chunk.toString()));
-    await once(socket, 'connect');
+    const socket = await rawConnection(port);
 
     socket.write(raw);
     await once(socket, 'close');
+    const response = socket.response();
 
     expect(response).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
     expect(response).toMatch(/content-type: application\/json/i);

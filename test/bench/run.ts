@@ -1,15 +1,14 @@
 // `npm run bench`: the hardened server against the tutorial's setup and bare Express, side by side in one run,
 // scenarios in interleaved rounds, medians and ratios. `--quick` is the short run CI makes; `--out FILE` names
-// the JSON file (default bench/results/latest.json).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+// the JSON file (default test/bench/results/latest.json).
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import net, { type AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import autocannon, { type Options, type Result } from 'autocannon';
+import { freePort, installed, listening, RedisServer, ROOT, sleep, spawnNode } from '../processes';
 
-const ROOT = path.join(__dirname, '..', '..');
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const outIndex = args.indexOf('--out');
@@ -33,29 +32,13 @@ interface Server {
   headers: Record<string, string>;
 }
 
-async function freePort(): Promise<number> {
-  const probe = net.createServer().listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const { port } = probe.address() as AddressInfo;
-  await new Promise((resolve) => probe.close(resolve));
-  return port;
-}
-
 async function startServer(name: string, script: string, env: Record<string, string>, headers: Record<string, string> = {}): Promise<Server> {
   const port = await freePort();
-  const child = spawn(process.execPath, [script], {
-    cwd: ROOT,
-    env: { PATH: process.env.PATH ?? '', APPLICATION_PORT: String(port), ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+  const run = spawnNode([script], { APPLICATION_PORT: String(port), ...env });
+  await listening(run).catch((err: unknown) => {
+    throw new Error(`${name}: ${err instanceof Error ? err.message : String(err)}`);
   });
-  let output = '';
-  child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  for (let waited = 0; !output.includes('Server listening'); waited += 50) {
-    if (child.exitCode !== null || waited > 20_000) throw new Error(`${name} did not start:\n${output}`);
-    await sleep(50);
-  }
-  return { name, url: `http://127.0.0.1:${port}`, child, headers };
+  return { name, url: `http://127.0.0.1:${port}`, child: run.child, headers };
 }
 
 async function stopServer(server: Server): Promise<void> {
@@ -243,26 +226,6 @@ function table(rows: string[][]): string {
   return rows.map((row) => row.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ')).join('\n');
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function hasRedis(): boolean {
-  return spawnSync('sh', ['-c', 'command -v redis-server']).status === 0;
-}
-
-async function startRedis(): Promise<{ url: string; child: ChildProcess }> {
-  const port = await freePort();
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'ignore'] });
-  let output = '';
-  child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  for (let waited = 0; !output.includes('Ready to accept connections'); waited += 50) {
-    if (child.exitCode !== null || waited > 10_000) throw new Error(`redis-server did not start:\n${output}`);
-    await sleep(50);
-  }
-  return { url: `redis://127.0.0.1:${port}`, child };
-}
-
 // ---------------------------------------------------------------- main
 
 async function main(): Promise<void> {
@@ -275,15 +238,15 @@ async function main(): Promise<void> {
     LOG_LEVEL: 'silent',
   };
   const servers: Server[] = [];
-  let redis: { url: string; child: ChildProcess } | undefined;
+  let redis: RedisServer | undefined;
   const notes: string[] = [];
   try {
     // room for every session the login rounds create: this run measures speed, the flood measures the cap
     servers.push(await startServer('ours', compiled, { ...production, SESSION_MEMORY_MAX: '10000000' }, PROXY_HEADERS));
     servers.push(await startServer('tutorial', path.join(ROOT, 'test', 'bench', 'baselines', 'tutorial.js'), {}));
     servers.push(await startServer('bare', path.join(ROOT, 'test', 'bench', 'baselines', 'bare.js'), {}));
-    if (hasRedis()) {
-      redis = await startRedis();
+    if (installed('redis-server')) {
+      redis = await RedisServer.start();
       servers.push(await startServer('ours-redis', compiled, { ...production, SESSION_STORE: 'redis', REDIS_URL: redis.url }, PROXY_HEADERS));
     } else {
       notes.push('redis-server is not installed: the Redis scenario was skipped');
@@ -393,10 +356,7 @@ async function main(): Promise<void> {
     console.log(`\nwrote ${path.relative(process.cwd(), OUT)}`);
   } finally {
     await Promise.all(servers.map(stopServer));
-    if (redis) {
-      redis.child.kill('SIGKILL');
-      await once(redis.child, 'exit');
-    }
+    await redis?.stop();
   }
 }
 
