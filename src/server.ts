@@ -1,11 +1,13 @@
 // The only module that touches the process: environment, port, signals. Nothing imports it.
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { getHeapStatistics } from 'node:v8';
 import dotenv from 'dotenv';
 import { createApp } from './app';
 import { ConfigError, loadConfig } from './config';
+import { createHttpServer } from './http-server';
 import { createLogger } from './logger';
-import { createSessionStore } from './store';
+import { createSessionStore, heapWarning } from './store';
 
 // in-flight requests get this long after SIGTERM/SIGINT; then their connections are cut, within 10 s in all
 const SHUTDOWN_GRACE_MS = 8000;
@@ -25,6 +27,8 @@ async function main(): Promise<void> {
 
   const logger = createLogger(config);
   for (const warning of config.warnings) logger.warn(warning);
+  const heap = heapWarning(config, getHeapStatistics().heap_size_limit);
+  if (heap) logger.warn(heap);
 
   const sessions = await createSessionStore(config, logger);
   try {
@@ -35,7 +39,7 @@ async function main(): Promise<void> {
   }
 
   const app = createApp({ config, store: sessions.store, rateLimitStore: sessions.rateLimitStore?.(), logger });
-  const server = app.listen(config.port);
+  const server = createHttpServer(app).listen(config.port);
   server.on('listening', () => {
     const address = server.address();
     const port = typeof address === 'object' && address ? address.port : config.port;

@@ -6,6 +6,7 @@ import path from 'node:path';
 import newman, { type NewmanRunSummary } from 'newman';
 import request, { type Response } from 'supertest';
 import { createApp } from '../src/app';
+import { createHttpServer } from '../src/http-server';
 import { loadConfig, type Config, type Env } from '../src/config';
 import type { BoundedMemoryStore } from '../src/memory-store';
 import { createMemoryStore } from '../src/store';
@@ -84,9 +85,9 @@ export function cookieHeader(cookie: Cookie): string {
   return `${cookie.name}=${cookie.value}`;
 }
 
-/** the app on a real socket on a free port; close() stops it */
+/** the app on a real socket on a free port, served as the server serves it; close() stops it */
 export async function listen(app: Express): Promise<{ url: string; port: number; server: Server; close(): Promise<void> }> {
-  const server = app.listen(0, '127.0.0.1');
+  const server = createHttpServer(app).listen(0, '127.0.0.1');
   await once(server, 'listening');
   const { port } = server.address() as AddressInfo;
   return {
