@@ -18,6 +18,10 @@ export interface SessionStore {
 
 // sweep often enough that a full store frees up soon, but no more than once a minute
 const MAX_PRUNE_INTERVAL_MS = 60_000;
+// one session's heap in the memory store, rounded up from the largest measured (850 B, a name of 64 emoji)
+const SESSION_HEAP_BYTES = 1024;
+// the rest of the server's heap, with a login flood in flight
+const SERVER_HEAP_BYTES = 64 * 2 ** 20;
 
 /**
  * The session store named by SESSION_STORE: `memory` (bounded, one process) or `redis` (shared by every
@@ -45,4 +49,23 @@ export function createMemoryStore(
     expiresAt: createExpiryRule(config),
     pruneIntervalMs: Math.min(config.idleTimeoutSeconds * 1000, MAX_PRUNE_INTERVAL_MS),
   });
+}
+
+/**
+ * A warning when a full memory store would not fit the heap this process may use (Node sizes it from the
+ * machine's memory; `--max-old-space-size` sets it): better said at start-up than found out as a crash in a
+ * login flood.
+ */
+export function heapWarning(
+  config: Pick<Config, 'sessionStore' | 'sessionMemoryMax'>,
+  heapLimitBytes: number,
+): string | undefined {
+  if (config.sessionStore !== 'memory') return undefined;
+  const neededMb = Math.ceil((config.sessionMemoryMax * SESSION_HEAP_BYTES + SERVER_HEAP_BYTES) / 2 ** 20);
+  const limitMb = Math.floor(heapLimitBytes / 2 ** 20);
+  if (neededMb <= limitMb) return undefined;
+  return (
+    `SESSION_MEMORY_MAX=${config.sessionMemoryMax} sessions may need ${neededMb} MB of heap, more than this process's ` +
+    `limit of ${limitMb} MB: lower SESSION_MEMORY_MAX or start node with --max-old-space-size=${neededMb}`
+  );
 }

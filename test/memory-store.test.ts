@@ -1,6 +1,11 @@
+import { randomBytes } from 'node:crypto';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import request from 'supertest';
 import type { SessionData } from 'express-session';
+import { loadConfig } from '../src/config';
 import { BoundedMemoryStore, StoreFullError } from '../src/memory-store';
+import { heapWarning } from '../src/store';
 import { createExpiryRule } from '../src/session';
 import { cookieHeader, logoutRacingReads, makeApp, shouldNotSetCookie, shouldSetCookie, sleep } from './helpers';
 
@@ -198,5 +203,48 @@ describe('the memory store behind the app', () => {
 
     expect((await request(app).get('/user').set('Cookie', cookie)).body).toEqual({ info: 'No data present in session' });
     expect(size(store)).toBe(0);
+  });
+});
+
+describe('the heap a full memory store needs', () => {
+  const MB = 2 ** 20;
+
+  it('when the store is the default size, then a 256 MB heap holds it, with no warning', () => {
+    const config = loadConfig({});
+
+    expect(config.sessionMemoryMax).toBe(100_000);
+    expect(heapWarning(config, 256 * MB)).toBeUndefined();
+    expect(heapWarning(config, 128 * MB)).toMatch(/SESSION_MEMORY_MAX=100000 /);
+  });
+
+  it('when SESSION_MEMORY_MAX would not fit the heap limit, then the warning names the variable and the flag', () => {
+    const warning = heapWarning(loadConfig({ SESSION_MEMORY_MAX: '1000000' }), 512 * MB);
+
+    expect(warning).toMatch(/SESSION_MEMORY_MAX=1000000 .* --max-old-space-size=\d+/);
+  });
+
+  it('when sessions live in Redis, then the heap limit does not matter', () => {
+    expect(heapWarning(loadConfig({ SESSION_STORE: 'redis', SESSION_MEMORY_MAX: '100000000' }), MB)).toBeUndefined();
+  });
+
+  it('when the store holds sessions with the longest names, then each takes at most the 1 KB the estimate counts', () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const count = 20_000;
+    const store = storeWith(count);
+    const name = '\u{1F600}'.repeat(64);
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    const now = Date.now();
+    for (let i = 0; i < count; i += 1) {
+      store.set(randomBytes(24).toString('base64url'), session(60_000, { user: { name }, loginAt: now, cookieRenewedAt: now }), () => {});
+    }
+    gc();
+    const perSession = (process.memoryUsage().heapUsed - before) / count;
+    store.close();
+
+    expect(size(store)).toBe(count);
+    expect(perSession).toBeGreaterThan(0);
+    expect(perSession).toBeLessThanOrEqual(1024);
   });
 });

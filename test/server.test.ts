@@ -45,6 +45,14 @@ describe('the server process', () => {
     expect(run.output()).toMatch(/SESSION_SECRET/);
   });
 
+  it('when a full memory store would not fit the heap, then it starts and warns, naming SESSION_MEMORY_MAX and the flag', async () => {
+    const run = start({ APPLICATION_PORT: String(await freePort()), LOG_LEVEL: 'warn', SESSION_MEMORY_MAX: '100000000' });
+
+    await listening(run);
+
+    expect(run.output()).toMatch(/SESSION_MEMORY_MAX=100000000 sessions may need \d+ MB of heap.*--max-old-space-size=\d+/);
+  });
+
   it('when started, then it prints the tutorial\'s line, serves the Postman collection, and exits 0 on SIGTERM', async () => {
     const run = start({ APPLICATION_PORT: String(await freePort()) });
     const port = await listening(run);

@@ -22,6 +22,9 @@ const CONNECTIONS = 10;
 const SECRET = 'benchmark-secret-benchmark-secret-benchmark';
 // our server as deployed behind a TLS-terminating proxy: production rules, Secure cookies, the proxy's header
 const PROXY_HEADERS = { 'x-forwarded-proto': 'https' };
+// and run as `npm run start:prod` runs it: with the same node flags (its heap limit)
+const START_PROD = (JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts['start:prod'] ?? '';
+const PROD_NODE_FLAGS = START_PROD.split(/\s+/).filter((arg) => arg.startsWith('--'));
 
 // ---------------------------------------------------------------- servers
 
@@ -32,9 +35,9 @@ interface Server {
   headers: Record<string, string>;
 }
 
-async function startServer(name: string, script: string, env: Record<string, string>, headers: Record<string, string> = {}): Promise<Server> {
+async function startServer(name: string, script: string, env: Record<string, string>, headers: Record<string, string> = {}, nodeFlags: string[] = []): Promise<Server> {
   const port = await freePort();
-  const run = spawnNode([script], { APPLICATION_PORT: String(port), ...env });
+  const run = spawnNode([...nodeFlags, script], { APPLICATION_PORT: String(port), ...env });
   await listening(run).catch((err: unknown) => {
     throw new Error(`${name}: ${err instanceof Error ? err.message : String(err)}`);
   });
@@ -56,6 +59,19 @@ function rssMb(pid: number): number {
   } catch {
     const kb = Number(spawnSync('ps', ['-o', 'rss=', '-p', String(pid)]).stdout.toString().trim());
     return Math.round((kb / 1024) * 10) / 10;
+  }
+}
+
+const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK']).stdout?.toString().trim()) || 100;
+
+/** CPU time (user + system) a process has used, in ms; null where /proc is not there */
+function cpuMs(pid: number): number | null {
+  try {
+    // the fields after the command name, which sits in parentheses and may hold spaces
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ', 2)[1]!.split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+  } catch {
+    return null;
   }
 }
 
@@ -81,9 +97,11 @@ interface Figures {
   errors: number;
   non2xx: number;
   requests: number;
+  /** the server's CPU time per request: what the server spends, whatever the load generator gets of the cores */
+  cpuUsPerRequest: number | null;
 }
 
-function figures(result: Result): Figures {
+function figures(result: Result, cpuUsedMs: number | null = null): Figures {
   return {
     rps: Math.round(result.requests.total / result.duration),
     p50: result.latency.p50,
@@ -91,6 +109,7 @@ function figures(result: Result): Figures {
     errors: result.errors + result.timeouts,
     non2xx: result.non2xx,
     requests: result.requests.total,
+    cpuUsPerRequest: cpuUsedMs !== null && result.requests.total > 0 ? Math.round((cpuUsedMs * 1000) / result.requests.total) : null,
   };
 }
 
@@ -215,6 +234,7 @@ function summarise(rounds: Figures[]): Figures {
     errors: rounds.reduce((sum, r) => sum + r.errors, 0),
     non2xx: rounds.reduce((sum, r) => sum + r.non2xx, 0),
     requests: rounds.reduce((sum, r) => sum + r.requests, 0),
+    cpuUsPerRequest: rounds.every((r) => r.cpuUsPerRequest !== null) ? median(rounds.map((r) => r.cpuUsPerRequest!)) : null,
   };
 }
 
@@ -241,13 +261,14 @@ async function main(): Promise<void> {
   let redis: RedisServer | undefined;
   const notes: string[] = [];
   try {
-    // room for every session the login rounds create: this run measures speed, the flood measures the cap
-    servers.push(await startServer('ours', compiled, { ...production, SESSION_MEMORY_MAX: '10000000' }, PROXY_HEADERS));
+    // room for every session the login rounds create (and within the heap limit): this run measures speed, the
+    // flood measures the cap
+    servers.push(await startServer('ours', compiled, { ...production, SESSION_MEMORY_MAX: '400000' }, PROXY_HEADERS, PROD_NODE_FLAGS));
     servers.push(await startServer('tutorial', path.join(ROOT, 'test', 'bench', 'baselines', 'tutorial.js'), {}));
     servers.push(await startServer('bare', path.join(ROOT, 'test', 'bench', 'baselines', 'bare.js'), {}));
     if (installed('redis-server')) {
       redis = await RedisServer.start();
-      servers.push(await startServer('ours-redis', compiled, { ...production, SESSION_STORE: 'redis', REDIS_URL: redis.url }, PROXY_HEADERS));
+      servers.push(await startServer('ours-redis', compiled, { ...production, SESSION_STORE: 'redis', REDIS_URL: redis.url }, PROXY_HEADERS, PROD_NODE_FLAGS));
     } else {
       notes.push('redis-server is not installed: the Redis scenario was skipped');
       console.warn(`SKIPPED: ${notes.at(-1)}`);
@@ -265,15 +286,18 @@ async function main(): Promise<void> {
     duration = SECONDS;
 
     const rounds: Record<string, Record<string, Figures[]>> = {};
-    console.log(`${ROUNDS} round(s) of ${SECONDS} s per scenario and server, ${CONNECTIONS} connections, ${os.cpus().length} cores`);
+    console.log(`${ROUNDS} round(s) of ${SECONDS} s per scenario and server, ${CONNECTIONS} connections, ${os.cpus().length} cores; ours runs as \`node ${[...PROD_NODE_FLAGS, 'dist/server.js'].join(' ')}\``);
     for (let round = 1; round <= ROUNDS; round += 1) {
       for (const scenario of scenarios) {
         for (const target of scenario.targets) {
           const server = byName.get(target);
           if (!server) continue;
-          const result = figures(await scenario.run(server));
+          const cpuBefore = cpuMs(server.child.pid!);
+          const run = await scenario.run(server);
+          const cpuAfter = cpuMs(server.child.pid!);
+          const result = figures(run, cpuBefore !== null && cpuAfter !== null ? cpuAfter - cpuBefore : null);
           ((rounds[scenario.name] ??= {})[target] ??= []).push(result);
-          console.log(`  round ${round} ${scenario.name.padEnd(5)} ${target.padEnd(10)} ${String(result.rps).padStart(7)} req/s  p99 ${result.p99} ms`);
+          console.log(`  round ${round} ${scenario.name.padEnd(5)} ${target.padEnd(10)} ${String(result.rps).padStart(7)} req/s  p99 ${result.p99} ms  ${result.cpuUsPerRequest ?? '-'} us CPU/request`);
         }
       }
     }
@@ -283,7 +307,7 @@ async function main(): Promise<void> {
     }
 
     console.log(`login flood, ${FLOOD_SECONDS} s each`);
-    const floodOurs = await startServer('ours-flood', compiled, { ...production, SESSION_MEMORY_MAX: '20000' }, PROXY_HEADERS);
+    const floodOurs = await startServer('ours-flood', compiled, { ...production, SESSION_MEMORY_MAX: '20000' }, PROXY_HEADERS, PROD_NODE_FLAGS);
     servers.push(floodOurs);
     const floods = [await flood(floodOurs, 20000)];
     await stopServer(floodOurs);
@@ -297,6 +321,10 @@ async function main(): Promise<void> {
       loginVsTutorial: ratio(results.login?.ours?.rps, results.login?.tutorial?.rps),
       flowVsTutorial: ratio(results.flow?.ours?.rps, results.flow?.tutorial?.rps),
       redisUserVsMemoryUser: ratio(results.user?.['ours-redis']?.rps, results.user?.ours?.rps),
+      // the same comparisons by the server's CPU time per request (baseline's / ours: above 1 means ours is cheaper)
+      userCpuVsTutorial: ratio(results.user?.tutorial?.cpuUsPerRequest ?? undefined, results.user?.ours?.cpuUsPerRequest ?? undefined),
+      userCpuVsBare: ratio(results.user?.bare?.cpuUsPerRequest ?? undefined, results.user?.ours?.cpuUsPerRequest ?? undefined),
+      loginCpuVsTutorial: ratio(results.login?.tutorial?.cpuUsPerRequest ?? undefined, results.login?.ours?.cpuUsPerRequest ?? undefined),
     };
     const ours = floods[0]!;
     const checks = [
@@ -308,10 +336,10 @@ async function main(): Promise<void> {
       { goal: 'flood: logged-in user all 2xx, p99 < 250 ms', value: ours.user.p99, pass: ours.user.errors === 0 && ours.user.non2xx === 0 && ours.user.p99 < 250 },
     ];
 
-    const rows = [['scenario', 'server', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx']];
+    const rows = [['scenario', 'server', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx', 'CPU us/req']];
     for (const scenario of scenarios) {
       for (const [target, f] of Object.entries(results[scenario.name] ?? {})) {
-        rows.push([scenario.name, target, String(f.rps), String(f.p50), String(f.p99), String(f.errors), String(f.non2xx)]);
+        rows.push([scenario.name, target, String(f.rps), String(f.p50), String(f.p99), String(f.errors), String(f.non2xx), String(f.cpuUsPerRequest ?? 'n/a')]);
       }
     }
     console.log(`\n${table(rows)}\n`);
@@ -343,7 +371,7 @@ async function main(): Promise<void> {
       date: new Date().toISOString(),
       quick,
       machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? 'unknown', memoryGb: Math.round(os.totalmem() / 2 ** 30), node: process.version, platform: `${os.platform()} ${os.release()}` },
-      settings: { rounds: ROUNDS, secondsPerRun: SECONDS, warmupSeconds: WARMUP_SECONDS, connections: CONNECTIONS, floodSeconds: FLOOD_SECONDS },
+      settings: { oursNodeFlags: PROD_NODE_FLAGS, rounds: ROUNDS, secondsPerRun: SECONDS, warmupSeconds: WARMUP_SECONDS, connections: CONNECTIONS, floodSeconds: FLOOD_SECONDS },
       rounds,
       results,
       ratios,
