@@ -18,7 +18,7 @@ export interface SessionStore {
 
 // sweep often enough that a full store frees up soon, but no more than once a minute
 const MAX_PRUNE_INTERVAL_MS = 60_000;
-// one session's heap in the memory store, rounded up from the largest measured (850 B, a name of 64 emoji)
+// one session's heap in the memory store, rounded up from the largest measured (about 800 B, a name of 64 emoji)
 const SESSION_HEAP_BYTES = 1024;
 // the rest of the server's heap, with a login flood in flight
 const SERVER_HEAP_BYTES = 64 * 2 ** 20;
