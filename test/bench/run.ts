@@ -132,9 +132,9 @@ const scenarios: Scenario[] = [
   {
     name: 'user',
     title: 'GET /user with a live session',
-    targets: ['ours', 'tutorial', 'bare', 'ours-redis'],
+    targets: ['ours', 'tutorial', 'bare', 'bare-same-server', 'ours-redis'],
     run: async (server) => {
-      const cookie = sessionCookies.get(server.name) ?? (server.name === 'bare' ? '' : await login(server));
+      const cookie = sessionCookies.get(server.name) ?? (server.name.startsWith('bare') ? '' : await login(server));
       sessionCookies.set(server.name, cookie);
       return load({ url: `${server.url}/user`, headers: { ...server.headers, cookie } });
     },
@@ -266,6 +266,7 @@ async function main(): Promise<void> {
     servers.push(await startServer('ours', compiled, { ...production, SESSION_MEMORY_MAX: '400000' }, PROXY_HEADERS, PROD_NODE_FLAGS));
     servers.push(await startServer('tutorial', path.join(ROOT, 'test', 'bench', 'baselines', 'tutorial.js'), {}));
     servers.push(await startServer('bare', path.join(ROOT, 'test', 'bench', 'baselines', 'bare.js'), {}));
+    servers.push(await startServer('bare-same-server', path.join(ROOT, 'test', 'bench', 'baselines', 'bare-same-server.js'), {}));
     if (installed('redis-server')) {
       redis = await RedisServer.start();
       servers.push(await startServer('ours-redis', compiled, { ...production, SESSION_STORE: 'redis', REDIS_URL: redis.url }, PROXY_HEADERS, PROD_NODE_FLAGS));
@@ -297,7 +298,7 @@ async function main(): Promise<void> {
           const cpuAfter = cpuMs(server.child.pid!);
           const result = figures(run, cpuBefore !== null && cpuAfter !== null ? cpuAfter - cpuBefore : null);
           ((rounds[scenario.name] ??= {})[target] ??= []).push(result);
-          console.log(`  round ${round} ${scenario.name.padEnd(5)} ${target.padEnd(10)} ${String(result.rps).padStart(7)} req/s  p99 ${result.p99} ms  ${result.cpuUsPerRequest ?? '-'} us CPU/request`);
+          console.log(`  round ${round} ${scenario.name.padEnd(5)} ${target.padEnd(16)} ${String(result.rps).padStart(7)} req/s  p99 ${result.p99} ms  ${result.cpuUsPerRequest ?? '-'} us CPU/request`);
         }
       }
     }
@@ -318,12 +319,15 @@ async function main(): Promise<void> {
     const ratios = {
       userVsTutorial: ratio(results.user?.ours?.rps, results.user?.tutorial?.rps),
       userVsBare: ratio(results.user?.ours?.rps, results.user?.bare?.rps),
+      // bare Express served by our HTTP server too: what is left is what the session costs (no goal)
+      userVsBareSameServer: ratio(results.user?.ours?.rps, results.user?.['bare-same-server']?.rps),
       loginVsTutorial: ratio(results.login?.ours?.rps, results.login?.tutorial?.rps),
       flowVsTutorial: ratio(results.flow?.ours?.rps, results.flow?.tutorial?.rps),
       redisUserVsMemoryUser: ratio(results.user?.['ours-redis']?.rps, results.user?.ours?.rps),
       // the same comparisons by the server's CPU time per request (baseline's / ours: above 1 means ours is cheaper)
       userCpuVsTutorial: ratio(results.user?.tutorial?.cpuUsPerRequest ?? undefined, results.user?.ours?.cpuUsPerRequest ?? undefined),
       userCpuVsBare: ratio(results.user?.bare?.cpuUsPerRequest ?? undefined, results.user?.ours?.cpuUsPerRequest ?? undefined),
+      userCpuVsBareSameServer: ratio(results.user?.['bare-same-server']?.cpuUsPerRequest ?? undefined, results.user?.ours?.cpuUsPerRequest ?? undefined),
       loginCpuVsTutorial: ratio(results.login?.tutorial?.cpuUsPerRequest ?? undefined, results.login?.ours?.cpuUsPerRequest ?? undefined),
     };
     const ours = floods[0]!;
