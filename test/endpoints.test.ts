@@ -1,5 +1,5 @@
 import request from 'supertest';
-import { makeApp, sessionId, shouldNotSetCookie, shouldSetCookie } from './helpers';
+import { makeApp, sessionId, shouldNotSetCookie, shouldSetCookie, storedCount, storedSession } from './helpers';
 
 describe('POST /login', () => {
   it('when the name is valid, then 201 with the info message and a session cookie', async () => {
@@ -60,7 +60,7 @@ describe('POST /login', () => {
     expect(res.body.error).toMatch(reason);
     expect(Object.keys(res.body)).toEqual(['error']);
     shouldNotSetCookie(res);
-    expect(await storeLength(store)).toBe(0);
+    expect(storedCount(store)).toBe(0);
   });
 
   it('when the name is sent as an object (name[x]=1), then 400 and nothing breaks', async () => {
@@ -184,7 +184,7 @@ describe('POST /logout', () => {
     expect(cleared.value).toBe('');
     expect(new Date(cleared.attributes.expires as string).getTime()).toBeLessThan(Date.now());
     expect(cleared.attributes.path).toBe('/');
-    expect(await storeGet(store, id)).toBeNull();
+    expect(storedSession(store, id)).toBeNull();
     expect((await agent.get('/user')).body).toEqual({ info: 'No data present in session' });
   });
 
@@ -279,11 +279,3 @@ describe('GET /healthz', () => {
     expect(res.body).toEqual({ status: 'ok' });
   });
 });
-
-function storeLength(store: ReturnType<typeof makeApp>['store']): Promise<number> {
-  return new Promise((resolve) => store.length((_err, length) => resolve(length ?? -1)));
-}
-
-function storeGet(store: ReturnType<typeof makeApp>['store'], id: string): Promise<unknown> {
-  return new Promise((resolve) => store.get(id, (_err, sess) => resolve(sess)));
-}

@@ -2,6 +2,7 @@ import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Express } from 'express';
+import type { SessionData } from 'express-session';
 import path from 'node:path';
 import newman, { type NewmanRunSummary } from 'newman';
 import request, { type Response } from 'supertest';
@@ -35,6 +36,20 @@ export function makeApp(env: Env = {}): TestApp {
   const store = createMemoryStore(config);
   stores.push(store);
   return { app: createApp({ config, store }), config, store };
+}
+
+/** how many sessions a memory store holds (its callbacks run synchronously) */
+export function storedCount(store: BoundedMemoryStore): number {
+  let count = -1;
+  store.length((_err, n) => (count = n ?? -1));
+  return count;
+}
+
+/** the session a memory store holds under `sid`: null when it holds none */
+export function storedSession(store: BoundedMemoryStore, sid: string): SessionData | null | undefined {
+  let sess: SessionData | null | undefined;
+  store.get(sid, (_err, found) => (sess = found));
+  return sess;
 }
 
 export interface Cookie {

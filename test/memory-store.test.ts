@@ -6,7 +6,7 @@ import { BoundedMemoryStore, StoreFullError } from '../src/memory-store';
 import { heapWarning } from '../src/store';
 import { createExpiryRule } from '../src/session';
 import { ROOT, spawnNode } from './processes';
-import { cookieHeader, logoutRacingReads, makeApp, shouldNotSetCookie, shouldSetCookie, sleep } from './helpers';
+import { cookieHeader, logoutRacingReads, makeApp, shouldNotSetCookie, shouldSetCookie, sleep, storedCount, storedSession } from './helpers';
 
 const rule = createExpiryRule({ absoluteTimeoutSeconds: 3600 });
 
@@ -16,18 +16,6 @@ function session(expiresInMs: number, extra: Partial<SessionData> = {}): Session
 
 function storeWith(max: number, pruneIntervalMs = 60_000): BoundedMemoryStore {
   return new BoundedMemoryStore({ max, expiresAt: rule, pruneIntervalMs });
-}
-
-function get(store: BoundedMemoryStore, sid: string): SessionData | null | undefined {
-  let result: SessionData | null | undefined;
-  store.get(sid, (_err, sess) => (result = sess));
-  return result;
-}
-
-function size(store: BoundedMemoryStore): number {
-  let result = -1;
-  store.length((_err, n) => (result = n ?? -1));
-  return result;
 }
 
 describe('BoundedMemoryStore', () => {
@@ -41,8 +29,8 @@ describe('BoundedMemoryStore', () => {
     const removed = store.prune();
 
     expect(removed).toBe(2);
-    expect(size(store)).toBe(1);
-    expect(get(store, 'live')).not.toBeNull();
+    expect(storedCount(store)).toBe(1);
+    expect(storedSession(store, 'live')).not.toBeNull();
     store.close();
   });
 
@@ -52,7 +40,7 @@ describe('BoundedMemoryStore', () => {
 
     await sleep(120);
 
-    expect(size(store)).toBe(0);
+    expect(storedCount(store)).toBe(0);
     store.close();
   });
 
@@ -61,8 +49,8 @@ describe('BoundedMemoryStore', () => {
     store.set('old', session(10));
     await sleep(30);
 
-    expect(get(store, 'old')).toBeNull();
-    expect(size(store)).toBe(0);
+    expect(storedSession(store, 'old')).toBeNull();
+    expect(storedCount(store)).toBe(0);
     store.close();
   });
 
@@ -70,7 +58,7 @@ describe('BoundedMemoryStore', () => {
     const store = new BoundedMemoryStore({ max: 10, expiresAt: createExpiryRule({ absoluteTimeoutSeconds: 1 }), pruneIntervalMs: 60_000 });
     store.set('veteran', session(60_000, { loginAt: Date.now() - 2000 }));
 
-    expect(get(store, 'veteran')).toBeNull();
+    expect(storedSession(store, 'veteran')).toBeNull();
     store.close();
   });
 
@@ -85,9 +73,9 @@ describe('BoundedMemoryStore', () => {
     expect(error).toBeInstanceOf(StoreFullError);
     expect((error as StoreFullError).status).toBe(503);
     expect(Number((error as StoreFullError).headers['Retry-After'])).toBeGreaterThan(0);
-    expect(get(store, 'a')).not.toBeNull();
-    expect(get(store, 'b')).not.toBeNull();
-    expect(get(store, 'c')).toBeNull();
+    expect(storedSession(store, 'a')).not.toBeNull();
+    expect(storedSession(store, 'b')).not.toBeNull();
+    expect(storedSession(store, 'c')).toBeNull();
     store.close();
   });
 
@@ -102,7 +90,7 @@ describe('BoundedMemoryStore', () => {
     store.set('new', session(60_000), (err) => (error = err));
 
     expect(error).toBeUndefined();
-    expect(get(store, 'new')).not.toBeNull();
+    expect(storedSession(store, 'new')).not.toBeNull();
     store.close();
   });
 
@@ -114,20 +102,20 @@ describe('BoundedMemoryStore', () => {
     store.set('a', session(60_000, { user: { name: 'second' } }), (err) => (error = err));
 
     expect(error).toBeUndefined();
-    expect(get(store, 'a')?.user).toEqual({ name: 'second' });
+    expect(storedSession(store, 'a')?.user).toEqual({ name: 'second' });
     store.close();
   });
 
   it('when a touch comes after a destroy, then the session stays gone', () => {
     const store = storeWith(10);
     store.set('s', session(60_000));
-    const loaded = get(store, 's')!;
+    const loaded = storedSession(store, 's')!;
 
     store.destroy('s');
     store.touch('s', loaded);
 
-    expect(get(store, 's')).toBeNull();
-    expect(size(store)).toBe(0);
+    expect(storedSession(store, 's')).toBeNull();
+    expect(storedCount(store)).toBe(0);
     store.close();
   });
 
@@ -139,7 +127,7 @@ describe('BoundedMemoryStore', () => {
 
     store.set('s', session(60_000, { loginAt, cookieRenewedAt: loginAt + 1000 }));
 
-    expect(get(store, 's')).toBeNull();
+    expect(storedSession(store, 's')).toBeNull();
     store.close();
   });
 
@@ -147,9 +135,9 @@ describe('BoundedMemoryStore', () => {
     const store = storeWith(10);
     store.set('s', session(60_000, { user: { name: 'kept' } }));
 
-    get(store, 's')!.user!.name = 'changed';
+    storedSession(store, 's')!.user!.name = 'changed';
 
-    expect(get(store, 's')?.user).toEqual({ name: 'kept' });
+    expect(storedSession(store, 's')?.user).toEqual({ name: 'kept' });
     store.close();
   });
 });
@@ -201,7 +189,7 @@ describe('the memory store behind the app', () => {
     const cookie = await logoutRacingReads(app, { waitMs });
 
     expect((await request(app).get('/user').set('Cookie', cookie)).body).toEqual({ info: 'No data present in session' });
-    expect(size(store)).toBe(0);
+    expect(storedCount(store)).toBe(0);
   });
 });
 

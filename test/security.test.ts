@@ -1,7 +1,7 @@
 import request from 'supertest';
 import { createApp } from '../src/app';
 import { createMemoryStore } from '../src/store';
-import { cookieHeader, makeApp, sessionId, setCookies, shouldNotSetCookie, shouldSetCookie, sleep, testConfig } from './helpers';
+import { cookieHeader, makeApp, sessionId, setCookies, shouldNotSetCookie, shouldSetCookie, sleep, storedCount, testConfig } from './helpers';
 
 const STRONG = 'production-secret-of-at-least-32-characters';
 const PRODUCTION = { NODE_ENV: 'production', SESSION_SECRET: STRONG };
@@ -121,7 +121,7 @@ describe('timeouts enforced on the server (OWASP: idle and absolute timeouts)', 
 
     expect(res.body).toEqual({ info: 'No data present in session' });
     shouldNotSetCookie(res);
-    expect(await length(store)).toBe(0);
+    expect(storedCount(store)).toBe(0);
   });
 
   it('when the session is used within the idle timeout, then its expiry moves forward, cookie included', async () => {
@@ -159,7 +159,7 @@ describe('timeouts enforced on the server (OWASP: idle and absolute timeouts)', 
     expect(new Date(renewed.attributes.expires as string).getTime()).toBeGreaterThan(
       new Date(shouldSetCookie(login).attributes.expires as string).getTime(),
     );
-    expect(await length(store)).toBe(1);
+    expect(storedCount(store)).toBe(1);
   });
 
   it('when an active session outlives the absolute timeout, then it ends however active it was', async () => {
@@ -175,7 +175,7 @@ describe('timeouts enforced on the server (OWASP: idle and absolute timeouts)', 
     // 3.5 s after login, never idle for more than 0.7 s
     expect(seen.slice(0, 3)).toEqual(['User profile info', 'User profile info', 'User profile info']);
     expect(seen[4]).toBe('No data present in session');
-    expect(await length(store)).toBe(0);
+    expect(storedCount(store)).toBe(0);
   });
 });
 
@@ -229,7 +229,7 @@ describe('login throttling (OWASP: protect against automated attacks)', () => {
     expect(retryAfter).toBeGreaterThan(0);
     expect(retryAfter).toBeLessThanOrEqual(60);
     shouldNotSetCookie(res);
-    expect(await length(store)).toBe(3);
+    expect(storedCount(store)).toBe(3);
   });
 
   it('when logins are throttled, then other endpoints and other clients are not', async () => {
@@ -271,7 +271,3 @@ describe('headers', () => {
     expect(res.headers['cache-control']).toBe('no-store');
   });
 });
-
-function length(store: ReturnType<typeof makeApp>['store']): Promise<number> {
-  return new Promise((resolve) => store.length((_err, n) => resolve(n ?? -1)));
-}

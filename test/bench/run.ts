@@ -22,9 +22,6 @@ const CONNECTIONS = 10;
 const SECRET = 'benchmark-secret-benchmark-secret-benchmark';
 // our server as deployed behind a TLS-terminating proxy: production rules, Secure cookies, the proxy's header
 const PROXY_HEADERS = { 'x-forwarded-proto': 'https' };
-// and run as `npm run start:prod` runs it: with the same node flags (its heap limit)
-const START_PROD = (JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts['start:prod'] ?? '';
-const PROD_NODE_FLAGS = START_PROD.split(/\s+/).filter((arg) => arg.startsWith('--'));
 
 // ---------------------------------------------------------------- servers
 
@@ -35,9 +32,9 @@ interface Server {
   headers: Record<string, string>;
 }
 
-async function startServer(name: string, script: string, env: Record<string, string>, headers: Record<string, string> = {}, nodeFlags: string[] = []): Promise<Server> {
+async function startServer(name: string, script: string, env: Record<string, string>, headers: Record<string, string> = {}): Promise<Server> {
   const port = await freePort();
-  const run = spawnNode([...nodeFlags, script], { APPLICATION_PORT: String(port), ...env });
+  const run = spawnNode([script], { APPLICATION_PORT: String(port), ...env });
   await listening(run).catch((err: unknown) => {
     throw new Error(`${name}: ${err instanceof Error ? err.message : String(err)}`);
   });
@@ -238,7 +235,7 @@ function summarise(rounds: Figures[]): Figures {
   };
 }
 
-const ratio = (a: number | undefined, b: number | undefined): number | null =>
+const ratio = (a: number | null | undefined, b: number | null | undefined): number | null =>
   a && b ? Math.round((a / b) * 100) / 100 : null;
 
 function table(rows: string[][]): string {
@@ -261,15 +258,15 @@ async function main(): Promise<void> {
   let redis: RedisServer | undefined;
   const notes: string[] = [];
   try {
-    // room for every session the login rounds create (and within the heap limit): this run measures speed, the
+    // room for every session the login rounds create, and well within the heap: this run measures speed, the
     // flood measures the cap
-    servers.push(await startServer('ours', compiled, { ...production, SESSION_MEMORY_MAX: '400000' }, PROXY_HEADERS, PROD_NODE_FLAGS));
+    servers.push(await startServer('ours', compiled, { ...production, SESSION_MEMORY_MAX: '400000' }, PROXY_HEADERS));
     servers.push(await startServer('tutorial', path.join(ROOT, 'test', 'bench', 'baselines', 'tutorial.js'), {}));
     servers.push(await startServer('bare', path.join(ROOT, 'test', 'bench', 'baselines', 'bare.js'), {}));
     servers.push(await startServer('bare-same-server', path.join(ROOT, 'test', 'bench', 'baselines', 'bare-same-server.js'), {}));
     if (installed('redis-server')) {
       redis = await RedisServer.start();
-      servers.push(await startServer('ours-redis', compiled, { ...production, SESSION_STORE: 'redis', REDIS_URL: redis.url }, PROXY_HEADERS, PROD_NODE_FLAGS));
+      servers.push(await startServer('ours-redis', compiled, { ...production, SESSION_STORE: 'redis', REDIS_URL: redis.url }, PROXY_HEADERS));
     } else {
       notes.push('redis-server is not installed: the Redis scenario was skipped');
       console.warn(`SKIPPED: ${notes.at(-1)}`);
@@ -287,7 +284,7 @@ async function main(): Promise<void> {
     duration = SECONDS;
 
     const rounds: Record<string, Record<string, Figures[]>> = {};
-    console.log(`${ROUNDS} round(s) of ${SECONDS} s per scenario and server, ${CONNECTIONS} connections, ${os.cpus().length} cores; ours runs as \`node ${[...PROD_NODE_FLAGS, 'dist/server.js'].join(' ')}\``);
+    console.log(`${ROUNDS} round(s) of ${SECONDS} s per scenario and server, ${CONNECTIONS} connections, ${os.cpus().length} cores`);
     for (let round = 1; round <= ROUNDS; round += 1) {
       for (const scenario of scenarios) {
         for (const target of scenario.targets) {
@@ -308,7 +305,7 @@ async function main(): Promise<void> {
     }
 
     console.log(`login flood, ${FLOOD_SECONDS} s each`);
-    const floodOurs = await startServer('ours-flood', compiled, { ...production, SESSION_MEMORY_MAX: '20000' }, PROXY_HEADERS, PROD_NODE_FLAGS);
+    const floodOurs = await startServer('ours-flood', compiled, { ...production, SESSION_MEMORY_MAX: '20000' }, PROXY_HEADERS);
     servers.push(floodOurs);
     const floods = [await flood(floodOurs, 20000)];
     await stopServer(floodOurs);
@@ -325,10 +322,10 @@ async function main(): Promise<void> {
       flowVsTutorial: ratio(results.flow?.ours?.rps, results.flow?.tutorial?.rps),
       redisUserVsMemoryUser: ratio(results.user?.['ours-redis']?.rps, results.user?.ours?.rps),
       // the same comparisons by the server's CPU time per request (baseline's / ours: above 1 means ours is cheaper)
-      userCpuVsTutorial: ratio(results.user?.tutorial?.cpuUsPerRequest ?? undefined, results.user?.ours?.cpuUsPerRequest ?? undefined),
-      userCpuVsBare: ratio(results.user?.bare?.cpuUsPerRequest ?? undefined, results.user?.ours?.cpuUsPerRequest ?? undefined),
-      userCpuVsBareSameServer: ratio(results.user?.['bare-same-server']?.cpuUsPerRequest ?? undefined, results.user?.ours?.cpuUsPerRequest ?? undefined),
-      loginCpuVsTutorial: ratio(results.login?.tutorial?.cpuUsPerRequest ?? undefined, results.login?.ours?.cpuUsPerRequest ?? undefined),
+      userCpuVsTutorial: ratio(results.user?.tutorial?.cpuUsPerRequest, results.user?.ours?.cpuUsPerRequest),
+      userCpuVsBare: ratio(results.user?.bare?.cpuUsPerRequest, results.user?.ours?.cpuUsPerRequest),
+      userCpuVsBareSameServer: ratio(results.user?.['bare-same-server']?.cpuUsPerRequest, results.user?.ours?.cpuUsPerRequest),
+      loginCpuVsTutorial: ratio(results.login?.tutorial?.cpuUsPerRequest, results.login?.ours?.cpuUsPerRequest),
     };
     const ours = floods[0]!;
     const checks = [
@@ -375,7 +372,7 @@ async function main(): Promise<void> {
       date: new Date().toISOString(),
       quick,
       machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? 'unknown', memoryGb: Math.round(os.totalmem() / 2 ** 30), node: process.version, platform: `${os.platform()} ${os.release()}` },
-      settings: { oursNodeFlags: PROD_NODE_FLAGS, rounds: ROUNDS, secondsPerRun: SECONDS, warmupSeconds: WARMUP_SECONDS, connections: CONNECTIONS, floodSeconds: FLOOD_SECONDS },
+      settings: { rounds: ROUNDS, secondsPerRun: SECONDS, warmupSeconds: WARMUP_SECONDS, connections: CONNECTIONS, floodSeconds: FLOOD_SECONDS },
       rounds,
       results,
       ratios,
