@@ -5,6 +5,7 @@ import type { Store } from 'express-session';
 import helmet from 'helmet';
 import type { Logger } from 'pino';
 import type { Config } from './config';
+import { crossOriginProtection } from './cross-origin';
 import { handleErrors, notFound } from './errors';
 import { createLogger, requestLogger } from './logger';
 import { addHealthRoutes } from './routes/health';
@@ -28,6 +29,8 @@ export function createApp({ config, store, rateLimitStore, logger = createLogger
 
   app.use(helmet());
   if (config.logLevel !== 'silent') app.use(requestLogger(logger));
+  // before every route, 404 and 405 included: a refused request never loads or creates a session
+  app.use(crossOriginProtection(config.trustedOrigins, logger));
   addHealthRoutes(app.router, store);
   addSessionRoutes(app.router, { config, store, rateLimitStore });
   // the page to try sessions in a browser; after the API, so API requests never look at the disk

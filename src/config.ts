@@ -19,6 +19,8 @@ export interface Config {
   sessionMemoryMax: number;
   loginRateLimitPerMinute: number;
   logLevel: LogLevel;
+  /** origins (scheme://host[:port], as browsers send them) allowed to make unsafe cross-origin requests */
+  trustedOrigins: string[];
   /** things worth saying at start-up that do not stop it */
   warnings: string[];
 }
@@ -80,13 +82,6 @@ export function loadConfig(env: Env): Readonly<Config> {
   const port = integer('APPLICATION_PORT', 7501, 0, 65535);
   const secrets = readSecrets(read('SESSION_SECRET'), production, problems, warnings);
 
-  const cookieName = read('SESSION_COOKIE_NAME') ?? 'sid';
-  if (!COOKIE_NAME.test(cookieName)) {
-    problems.push(`SESSION_COOKIE_NAME must be a cookie name token (letters, digits, !#$%&'*+-.^_\`|~) (got "${cookieName}")`);
-  } else if (cookieName === 'connect.sid') {
-    problems.push('SESSION_COOKIE_NAME must not be the framework default "connect.sid", which tells attackers what runs here');
-  }
-
   const idleTimeoutSeconds = integer('SESSION_IDLE_TIMEOUT_SECONDS', 1800, 1, ONE_YEAR_SECONDS);
   const absoluteTimeoutSeconds = integer('SESSION_ABSOLUTE_TIMEOUT_SECONDS', 28800, 1, ONE_YEAR_SECONDS);
 
@@ -95,6 +90,8 @@ export function loadConfig(env: Env): Readonly<Config> {
   if (production && cookieSecure === false) {
     warnings.push('COOKIE_SECURE=false in production: the session cookie will also travel over plain HTTP');
   }
+
+  const cookieName = readCookieName(read('SESSION_COOKIE_NAME'), cookieSecure, problems);
 
   const trustProxy = readTrustProxy(read('TRUST_PROXY'), problems);
   const sessionStore = oneOf('SESSION_STORE', ['memory', 'redis'], 'memory');
@@ -107,6 +104,7 @@ export function loadConfig(env: Env): Readonly<Config> {
   const sessionMemoryMax = integer('SESSION_MEMORY_MAX', 100_000, 1, 100_000_000);
   const loginRateLimitPerMinute = integer('LOGIN_RATE_LIMIT_PER_MINUTE', 20, 0, 1_000_000);
   const logLevel = oneOf('LOG_LEVEL', LOG_LEVELS, 'info');
+  const trustedOrigins = readTrustedOrigins(read('TRUSTED_ORIGINS'), problems);
 
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze({
@@ -123,6 +121,7 @@ export function loadConfig(env: Env): Readonly<Config> {
     sessionMemoryMax,
     loginRateLimitPerMinute,
     logLevel,
+    trustedOrigins,
     warnings,
   });
 }
@@ -153,6 +152,56 @@ function readSecrets(raw: string | undefined, production: boolean, problems: str
     warnings.push('SESSION_SECRET is a published secret; production refuses it');
   }
   return secrets;
+}
+
+// a cookie with one of these prefixes is refused by browsers unless it is Secure (RFC 6265bis; case-insensitive)
+const SECURE_PREFIX = /^__(host|secure)-/i;
+
+/**
+ * `__Host-sid` when the cookie is always Secure: the browser then refuses it without Secure, with a Domain or with
+ * a Path other than /, so a sibling subdomain can neither plant nor overwrite it (OWASP's recommended prefix).
+ */
+function readCookieName(raw: string | undefined, cookieSecure: CookieSecure, problems: string[]): string {
+  if (raw === undefined) return cookieSecure === true ? '__Host-sid' : 'sid';
+  if (!COOKIE_NAME.test(raw)) {
+    problems.push(`SESSION_COOKIE_NAME must be a cookie name token (letters, digits, !#$%&'*+-.^_\`|~) (got "${raw}")`);
+  } else if (raw === 'connect.sid') {
+    problems.push('SESSION_COOKIE_NAME must not be the framework default "connect.sid", which tells attackers what runs here');
+  } else if (SECURE_PREFIX.test(raw) && cookieSecure !== true) {
+    problems.push(
+      `SESSION_COOKIE_NAME "${raw}" needs COOKIE_SECURE=true: browsers drop a cookie with the __Host- or __Secure- prefix unless it is Secure`,
+    );
+  }
+  return raw;
+}
+
+/** each entry an exact origin: http(s) scheme, host, optional port; no path, query, fragment or credentials */
+function readTrustedOrigins(raw: string | undefined, problems: string[]): string[] {
+  if (raw === undefined) return [];
+  const origins: string[] = [];
+  for (const entry of raw.split(',').map((part) => part.trim())) {
+    const origin = parseOrigin(entry);
+    if (origin === undefined) {
+      problems.push(
+        `TRUSTED_ORIGINS must be a comma-separated list of origins like https://app.example.com (scheme, host, optional port; no path) (got "${entry}")`,
+      );
+    } else {
+      origins.push(origin);
+    }
+  }
+  return origins;
+}
+
+// the origin as a browser sends it in `Origin` (lower-case host, default port left out), or undefined
+function parseOrigin(entry: string): string | undefined {
+  // nothing after the authority: URL() would accept and drop a lone "/", a "?" or a "#"
+  if (!/^https?:\/\/[^/?#@\s]+$/i.test(entry)) return undefined;
+  try {
+    const url = new URL(entry);
+    return url.hostname === '' ? undefined : url.origin;
+  } catch {
+    return undefined;
+  }
 }
 
 function readTrustProxy(raw: string | undefined, problems: string[]): TrustProxy {

@@ -3,7 +3,7 @@ import http from 'node:http';
 import os from 'node:os';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { chromium, type Browser, type BrowserContext, type Page, type Request as PlaywrightRequest } from 'playwright-core';
 import { describeWith, listen, makeApp } from './helpers';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -17,6 +17,7 @@ describeWith(CHROMIUM, 'the page in a real browser', () => {
   let context: BrowserContext;
   let page: Page;
   let consoleErrors: string[];
+  const received: { method?: string; url?: string; cookie?: string }[] = [];
 
   beforeAll(async () => {
     browser = await chromium.launch({
@@ -24,6 +25,8 @@ describeWith(CHROMIUM, 'the page in a real browser', () => {
       args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
     });
     app = await listen(makeApp().app);
+    // what reached the server, cookies included: a request the browser later blocks shows no headers to the test
+    app.server.on('request', (req: http.IncomingMessage) => received.push({ method: req.method, url: req.url, cookie: req.headers.cookie }));
     // the app at localhost, so that 127.0.0.1 is another site
     appUrl = `http://localhost:${app.port}`;
   });
@@ -87,24 +90,98 @@ describeWith(CHROMIUM, 'the page in a real browser', () => {
     expect(visible).not.toContain('sid');
   });
 
-  it('when a page on another site auto-submits a form POST to /logout, then the session stays alive (SameSite=Lax)', async () => {
-    await logIn('daniel');
-    const attacker = await attackerSite(`${appUrl}/logout`);
-    try {
-      const posted = page.waitForResponse((res) => res.url() === `${appUrl}/logout` && res.request().method() === 'POST');
-      // the attacker's page navigates away at once: wait for its forged POST, not for its load
-      await page.goto(attacker.url, { waitUntil: 'commit' });
-      const forged = await posted;
+  /** the session the page's own "Show profile" reports: a name, or undefined for none */
+  async function profileName(): Promise<string | undefined> {
+    await page.goto(appUrl);
+    const profile = await press('Show profile');
+    return (JSON.parse(profile.body) as { data?: { name: string } }).data?.name;
+  }
 
-      await page.goto(appUrl);
-      const profile = await press('Show profile');
+  /**
+   * Opens `forger` in the visitor's tab and waits until the POST it makes to `target` is over: its status (none
+   * for a no-cors fetch, whose answer helmet's Cross-Origin-Resource-Policy keeps from the page) and whether the
+   * server received the session cookie with it (SameSite decides that, not the app).
+   */
+  async function visit(forger: ForgingSite, target: string): Promise<{ status: number | undefined; cookieSent: boolean }> {
+    const over = new Promise<PlaywrightRequest>((resolve) => {
+      const done = (req: PlaywrightRequest) => {
+        if (req.url() === target && req.method() === 'POST') resolve(req);
+      };
+      page.on('requestfinished', done);
+      page.on('requestfailed', done);
+    });
+    // a form navigates away at once: wait for its POST, not for the forging page's load
+    await page.goto(forger.url, { waitUntil: 'commit' });
+    const forged = await over;
+    const status = (await forged.response())?.status();
+    // a form's answer is the tab's new page, unless it is a 204 (which leaves the tab where it was)
+    if (forger.navigates && status !== 204) await page.waitForURL(target);
+    const { pathname, search } = new URL(target);
+    const arrived = received.filter((req) => req.method === 'POST' && req.url === pathname + search).at(-1);
+    if (!arrived) throw new Error(`the forged POST to ${target} never reached the server`);
+    return { status, cookieSent: (arrived.cookie ?? '').includes('sid=') };
+  }
 
-      expect(forged.status()).toBe(204);
-      expect((await forged.request().allHeaders()).cookie ?? '').not.toContain('sid=');
-      expect(JSON.parse(profile.body)).toEqual({ info: 'User profile info', data: { name: 'daniel' } });
-    } finally {
-      await attacker.close();
+  describe('pages of other origins cannot change the session (login CSRF, forged logout)', () => {
+    const forgers: ForgingSite[] = [];
+    afterAll(async () => Promise.all(forgers.map((forger) => forger.close())));
+
+    async function forger(host: '127.0.0.1' | 'localhost', kind: 'form' | 'fetch', target: string): Promise<ForgingSite> {
+      const site = await forgingSite(host, kind, target);
+      forgers.push(site);
+      return site;
     }
+
+    it('when a visitor with no session opens another site that posts a login form, then the visitor stays anonymous', async () => {
+      const target = `${appUrl}/login?name=attacker`;
+      const site = await forger('127.0.0.1', 'form', target);
+
+      const forged = await visit(site, target);
+
+      expect(forged.status).toBe(403);
+      expect(await context.cookies(appUrl)).toEqual([]);
+      expect(await profileName()).toBeUndefined();
+    });
+
+    it('when a logged-in visitor opens another site that posts a login form, then the visitor is still themselves', async () => {
+      await logIn('daniel');
+      const target = `${appUrl}/login?name=attacker`;
+      const site = await forger('127.0.0.1', 'form', target);
+
+      const forged = await visit(site, target);
+
+      expect(forged.status).toBe(403);
+      expect(await profileName()).toBe('daniel');
+    });
+
+    it('when another site auto-submits a form POST to /logout, then the cookie is not even sent (SameSite=Lax) and the session stays', async () => {
+      await logIn('daniel');
+      const target = `${appUrl}/logout`;
+      const site = await forger('127.0.0.1', 'form', target);
+
+      const forged = await visit(site, target);
+
+      expect(forged.cookieSent).toBe(false);
+      expect(forged.status).toBe(403);
+      expect(await profileName()).toBe('daniel');
+    });
+
+    it.each([
+      ['/logout', 'form'],
+      ['/login?name=attacker', 'form'],
+      ['/logout', 'fetch'],
+    ] as const)('when a same-site page on another port posts %s (%s), then the cookie goes with it and still nothing changes', async (path, kind) => {
+      await logIn('daniel');
+      const target = `${appUrl}${path}`;
+      // localhost on another port: the same site, so SameSite=Lax lets the cookie through
+      const site = await forger('localhost', kind, target);
+
+      const forged = await visit(site, target);
+
+      expect(forged.cookieSent).toBe(true);
+      if (kind === 'form') expect(forged.status).toBe(403);
+      expect(await profileName()).toBe('daniel');
+    });
   });
 
   it('when the name is markup, then it is shown literally and runs nothing', async () => {
@@ -133,12 +210,26 @@ describeWith(CHROMIUM, 'the page in a real browser', () => {
   });
 });
 
-/** a page on 127.0.0.1 (another site than localhost) whose form posts itself to `target` on load */
-async function attackerSite(target: string): Promise<{ url: string; close(): Promise<void> }> {
-  const html = `<!doctype html><html><body>
-<form id="f" method="POST" action="${target}"></form>
-<script>document.getElementById('f').submit()</script>
-</body></html>`;
+interface ForgingSite {
+  url: string;
+  /** a form submission takes the tab to the target; a fetch does not */
+  navigates: boolean;
+  close(): Promise<void>;
+}
+
+/**
+ * An attacker's page that, on load, posts to `target`: with a form (a top-level navigation) or with a no-cors
+ * fetch that includes credentials. Served from 127.0.0.1 (another site than the app's localhost) or from
+ * localhost on its own port (the same site, another origin: what a sibling subdomain is in production).
+ */
+async function forgingSite(host: '127.0.0.1' | 'localhost', kind: 'form' | 'fetch', target: string): Promise<ForgingSite> {
+  const action = JSON.stringify(target);
+  const script =
+    kind === 'form'
+      ? `const form = document.createElement('form'); form.method = 'POST'; form.action = ${action};
+document.body.append(form); form.submit();`
+      : `fetch(${action}, { method: 'POST', mode: 'no-cors', credentials: 'include' });`;
+  const html = `<!doctype html><html><body><script>${script}</script></body></html>`;
   const server = http.createServer((_req, res) => {
     res.writeHead(200, { 'Content-Type': 'text/html' });
     res.end(html);
@@ -146,7 +237,12 @@ async function attackerSite(target: string): Promise<{ url: string; close(): Pro
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
   return {
-    url: `http://127.0.0.1:${port}/`,
-    close: () => new Promise((resolve) => server.close(() => resolve())),
+    url: `http://${host}:${port}/`,
+    navigates: kind === 'form',
+    close: () =>
+      new Promise((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
   };
 }

@@ -31,6 +31,7 @@ describe('loadConfig', () => {
       sessionMemoryMax: 100000,
       loginRateLimitPerMinute: 20,
       logLevel: 'info',
+      trustedOrigins: [],
     });
     expect(config.warnings.join('\n')).toMatch(/SESSION_SECRET is not set/);
   });
@@ -43,13 +44,14 @@ describe('loadConfig', () => {
       SESSION_COOKIE_NAME: '__Host-session',
       SESSION_IDLE_TIMEOUT_SECONDS: '60',
       SESSION_ABSOLUTE_TIMEOUT_SECONDS: '600',
-      COOKIE_SECURE: 'auto',
+      COOKIE_SECURE: 'true',
       TRUST_PROXY: 'loopback, 10.0.0.0/8',
       SESSION_STORE: 'redis',
       REDIS_URL: 'redis://:pw@cache:6380/2',
       SESSION_MEMORY_MAX: '5',
       LOGIN_RATE_LIMIT_PER_MINUTE: '0',
       LOG_LEVEL: 'debug',
+      TRUSTED_ORIGINS: 'https://sso.example.com, HTTP://Front.Example.com:8080, https://app.example.com:443',
     });
 
     expect(config).toMatchObject({
@@ -59,13 +61,15 @@ describe('loadConfig', () => {
       cookieName: '__Host-session',
       idleTimeoutSeconds: 60,
       absoluteTimeoutSeconds: 600,
-      cookieSecure: 'auto',
+      cookieSecure: true,
       trustProxy: ['loopback', '10.0.0.0/8'],
       sessionStore: 'redis',
       redisUrl: 'redis://:pw@cache:6380/2',
       sessionMemoryMax: 5,
       loginRateLimitPerMinute: 0,
       logLevel: 'debug',
+      // as browsers send them in Origin: lower case, default port left out
+      trustedOrigins: ['https://sso.example.com', 'http://front.example.com:8080', 'https://app.example.com'],
       warnings: [],
     });
   });
@@ -170,6 +174,59 @@ describe('loadConfig', () => {
 
     expect(config.secrets).toEqual([TUTORIAL_SECRET]);
     expect(config.warnings.join()).toMatch(/published/);
+  });
+});
+
+describe('the session cookie name', () => {
+  it('when COOKIE_SECURE=true (production\'s default) and no name is given, then it is __Host-sid', () => {
+    expect(loadConfig(production()).cookieName).toBe('__Host-sid');
+    expect(loadConfig({ COOKIE_SECURE: 'true' }).cookieName).toBe('__Host-sid');
+  });
+
+  it.each([
+    ['COOKIE_SECURE=false', production({ COOKIE_SECURE: 'false' })],
+    ['COOKIE_SECURE=auto', production({ COOKIE_SECURE: 'auto' })],
+    ['development', {}],
+  ])('when %s and no name is given, then it is sid (a browser would drop __Host- without Secure)', (_what, env) => {
+    expect(loadConfig(env).cookieName).toBe('sid');
+  });
+
+  it.each([
+    ['__Host-sid', 'auto'],
+    ['__Host-sid', 'false'],
+    ['__host-app', 'auto'],
+    ['__Secure-sid', 'false'],
+  ])('when SESSION_COOKIE_NAME=%s with COOKIE_SECURE=%s, then start-up stops saying why', (name, secure) => {
+    expect(problemsOf({ SESSION_COOKIE_NAME: name, COOKIE_SECURE: secure })).toEqual([
+      expect.stringMatching(/^SESSION_COOKIE_NAME ".*" needs COOKIE_SECURE=true: browsers drop .* unless it is Secure$/),
+    ]);
+  });
+
+  it('when a __Host- name is given with COOKIE_SECURE=true, then it is used', () => {
+    expect(loadConfig({ SESSION_COOKIE_NAME: '__Host-app', COOKIE_SECURE: 'true' }).cookieName).toBe('__Host-app');
+  });
+});
+
+describe('TRUSTED_ORIGINS', () => {
+  it.each([
+    'https://app.example.com/',
+    'https://app.example.com/callback',
+    'https://app.example.com?x=1',
+    'https://app.example.com#top',
+    'app.example.com',
+    '//app.example.com',
+    'ftp://app.example.com',
+    'https://',
+    'https://user:pw@app.example.com',
+    'https://app.example.com:99999',
+    'null',
+    '*',
+  ])('when an entry is %s, then start-up stops naming TRUSTED_ORIGINS', (entry) => {
+    expect(problemsOf({ TRUSTED_ORIGINS: `https://ok.example.com,${entry}` })).toEqual([expect.stringMatching(/^TRUSTED_ORIGINS must be/)]);
+  });
+
+  it('when an entry is empty, then start-up stops naming TRUSTED_ORIGINS', () => {
+    expect(problemsOf({ TRUSTED_ORIGINS: 'https://a.example.com,,https://b.example.com' }).join()).toMatch(/TRUSTED_ORIGINS/);
   });
 });
 

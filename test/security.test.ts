@@ -60,10 +60,22 @@ describe('session cookie attributes', () => {
 
     const res = await request(app).post('/login?name=daniel').set('X-Forwarded-Proto', 'https').expect(201);
 
-    const cookie = shouldSetCookie(res);
+    // __Host-: the browser keeps it only when Secure, with Path=/ and no Domain, so no sibling subdomain can set it
+    const cookie = shouldSetCookie(res, '__Host-sid');
     expect(cookie.attributes.secure).toBe(true);
+    expect(cookie.attributes.path).toBe('/');
+    expect(cookie.attributes.domain).toBeUndefined();
     expect(cookie.attributes.httponly).toBe(true);
     expect(cookie.attributes.samesite).toBe('Lax');
+    expect(setCookies(res).map((c) => c.name)).toEqual(['__Host-sid']);
+  });
+
+  it('when in production with COOKIE_SECURE=auto, then the cookie keeps the plain name sid', async () => {
+    const { app } = makeApp({ ...PRODUCTION, COOKIE_SECURE: 'auto', TRUST_PROXY: '1' });
+
+    const res = await request(app).post('/login?name=daniel').set('X-Forwarded-Proto', 'https').expect(201);
+
+    expect(shouldSetCookie(res, 'sid').attributes.secure).toBe(true);
   });
 
   it('when in production over plain HTTP, then no Secure cookie is sent where it could be read on the wire', async () => {
@@ -99,14 +111,16 @@ describe('session cookie attributes', () => {
     const res = await request(app)
       .post('/logout')
       .set('X-Forwarded-Proto', 'https')
-      .set('Cookie', cookieHeader(shouldSetCookie(login)))
+      .set('Cookie', cookieHeader(shouldSetCookie(login, '__Host-sid')))
       .expect(204);
 
-    const cleared = shouldSetCookie(res);
+    const cleared = shouldSetCookie(res, '__Host-sid');
     expect(cleared.value).toBe('');
     expect(cleared.attributes.secure).toBe(true);
     expect(cleared.attributes.httponly).toBe(true);
     expect(cleared.attributes.samesite).toBe('Lax');
+    expect(cleared.attributes.path).toBe('/');
+    expect(cleared.attributes.domain).toBeUndefined();
   });
 });
 
