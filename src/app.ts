@@ -31,11 +31,11 @@ export function createApp({ config, store, rateLimitStore, logger = createLogger
   if (config.logLevel !== 'silent') app.use(requestLogger(logger));
   // before every route, 404 and 405 included: a refused request never loads or creates a session
   app.use(crossOriginProtection(config.trustedOrigins, logger));
-  addHealthRoutes(app.router, store);
-  addSessionRoutes(app.router, { config, store, rateLimitStore });
+  addHealthRoutes(app.router, store, config.loginRateLimitPerMinute > 0 ? rateLimitStore : undefined);
+  addSessionRoutes(app.router, { config, store, rateLimitStore, logger });
   // the page to try sessions in a browser; after the API, so API requests never look at the disk
   app.use(express.static(path.join(__dirname, 'public'), { redirect: false }));
   app.use(notFound);
-  app.use(handleErrors(logger));
+  app.use(handleErrors());
   return app;
 }

@@ -94,6 +94,12 @@ export function loadConfig(env: Env): Readonly<Config> {
   const cookieName = readCookieName(read('SESSION_COOKIE_NAME'), cookieSecure, problems);
 
   const trustProxy = readTrustProxy(read('TRUST_PROXY'), problems);
+  if (trustProxy === true) {
+    const why =
+      'TRUST_PROXY=true trusts every hop, so any client can forge X-Forwarded-For and get a fresh login limit with each value: ' +
+      'give the number of proxies in front of the server (1) or their addresses (loopback, 10.0.0.0/8)';
+    (production ? problems : warnings).push(why);
+  }
   const sessionStore = oneOf('SESSION_STORE', ['memory', 'redis'], 'memory');
 
   const redisUrl = read('REDIS_URL') ?? 'redis://127.0.0.1:6379';

@@ -1,5 +1,4 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
-import type { Logger } from 'pino';
 
 /** an error whose status and message are meant for the client */
 export class HttpError extends Error {
@@ -44,14 +43,19 @@ function isClientError(err: unknown): err is ClientError {
   return typeof status === 'number' && status >= 400 && status < 500;
 }
 
-/** The one error handler: JSON for every failure, and nothing of a 5xx's cause in the response. */
-export function handleErrors(logger: Logger): ErrorRequestHandler {
-  return (err: unknown, req, res, _next) => {
-    if (err instanceof HttpError) {
-      if (err.status >= 500) logger.warn({ err: err instanceof StoreUnavailableError ? err.reason : err }, err.message);
-    } else if (!isClientError(err)) {
-      logger.error({ err, method: req.method, path: req.path }, 'unexpected error');
-    }
+/** a refusal the server means to give (429, 503): logged short, at warn, as part of its request's line */
+export function isRefusal(err: unknown): err is HttpError {
+  return err instanceof HttpError && (err.status === 429 || err.status >= 500);
+}
+
+/**
+ * The one error handler: JSON for every failure, and nothing of a 5xx's cause in the response. What went wrong
+ * is logged once, on the request's own line (`requestLogger` reads `res.err`): a refusal briefly, an unexpected
+ * error with its stack. Without the request log (LOG_LEVEL=silent), nothing is logged at all.
+ */
+export function handleErrors(): ErrorRequestHandler {
+  return (err: unknown, _req, res, _next) => {
+    if (isRefusal(err) || !(err instanceof HttpError || isClientError(err))) res.err = err as Error;
     // the response is already on its way (a store touch failing at its end): nothing more to say to this client
     if (res.headersSent) return;
 

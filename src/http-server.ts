@@ -1,6 +1,10 @@
-import http, { IncomingMessage, ServerResponse, type Server } from 'node:http';
+import http, { IncomingMessage, ServerResponse, STATUS_CODES, type Server, type ServerOptions } from 'node:http';
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { Express } from 'express';
+
+/** the server's request timeouts; Node's defaults unless a test needs them short */
+export type TimeoutOptions = Pick<ServerOptions, 'headersTimeout' | 'requestTimeout' | 'connectionsCheckingInterval'>;
 
 // Node's own request and response constructors are plain functions (not classes) and can be called on an object
 // made elsewhere; should a Node release turn them into classes, the server falls back to Node's defaults
@@ -16,8 +20,14 @@ const callable = (fn: unknown): boolean => typeof fn === 'function' && !/^class\
  * `ServerResponse` options, "useful for extending the original"); made with Express's prototypes already, the
  * objects need no change, and Express's `setPrototypeOf` finds nothing to do. No library does this: hand-written.
  */
-export function createHttpServer(app: Express): Server {
-  if (!callable(IncomingMessage) || !callable(ServerResponse)) return http.createServer(app);
+export function createHttpServer(app: Express, timeouts: TimeoutOptions = {}): Server {
+  const server = createServer(app, timeouts);
+  server.on('clientError', answerClientError);
+  return server;
+}
+
+function createServer(app: Express, timeouts: TimeoutOptions): Server {
+  if (!callable(IncomingMessage) || !callable(ServerResponse)) return http.createServer(timeouts, app);
 
   function AppRequest(this: IncomingMessage, socket: Socket): void {
     Reflect.apply(IncomingMessage, this, [socket]);
@@ -31,9 +41,35 @@ export function createHttpServer(app: Express): Server {
 
   return http.createServer(
     {
+      ...timeouts,
       IncomingMessage: AppRequest as unknown as typeof IncomingMessage,
       ServerResponse: AppResponse as unknown as typeof ServerResponse,
     },
     app,
   );
+}
+
+// Node's own answers to what it refuses before the app sees a request, each with its status
+const REFUSALS: Readonly<Record<string, readonly [number, string]>> = {
+  HPE_HEADER_OVERFLOW: [431, 'Request headers too large'],
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: [413, 'Chunk extensions too large'],
+  ERR_HTTP_REQUEST_TIMEOUT: [408, 'Request timeout'],
+};
+
+/**
+ * What Node does with a request it cannot parse or that came too slowly (its default `clientError` handling),
+ * with a JSON body: the same statuses (431, 413, 408, else 400), an answer only when nothing of a response has
+ * been written on the connection yet, and the socket destroyed afterwards, so a client that never closes its end
+ * keeps nothing open here.
+ */
+export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (err.code !== 'ECONNRESET' && socket.writable && (socket as Socket).bytesWritten === 0) {
+    const [status, message] = REFUSALS[err.code ?? ''] ?? [400, 'Bad request'];
+    const body = JSON.stringify({ error: message });
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy();
 }

@@ -3,15 +3,23 @@ import type { RequestHandler } from 'express';
 import pino, { type Logger } from 'pino';
 import pinoHttp from 'pino-http';
 import type { Config } from './config';
+import { isRefusal, StoreUnavailableError } from './errors';
 
 /** JSON lines on stdout at LOG_LEVEL */
 export function createLogger(config: Pick<Config, 'logLevel'>): Logger {
   return pino({ level: config.logLevel });
 }
 
+// a refusal's cause in a few words: why the store was unavailable, say, never a stack
+function cause(err: StoreUnavailableError): string {
+  const reason = err.reason as { message?: unknown } | undefined;
+  return typeof reason?.message === 'string' ? reason.message : String(err.reason);
+}
+
 /**
  * One line per request: method, path, status and time. Never headers (cookies), the query string (names)
- * or the session ID.
+ * or the session ID. A refusal the server means to give (429, 503) is a `warn` with a short `err` (its type,
+ * message and cause); only an unexpected error is an `error`, with its stack.
  */
 export function requestLogger(logger: Logger): RequestHandler {
   return pinoHttp({
@@ -20,7 +28,14 @@ export function requestLogger(logger: Logger): RequestHandler {
     serializers: {
       req: (req: IncomingMessage) => ({ method: req.method, path: (req.url ?? '').split('?', 1)[0] }),
       res: (res: ServerResponse) => ({ status: res.statusCode }),
+      err: (err: Error) => {
+        if (!isRefusal(err)) return pino.stdSerializers.err(err);
+        return err instanceof StoreUnavailableError ? { type: err.name, message: err.message, cause: cause(err) } : { type: err.name, message: err.message };
+      },
     },
-    customLogLevel: (_req, res, err) => (err || res.statusCode >= 500 ? 'error' : 'info'),
+    customLogLevel: (_req, res, err) => {
+      if (isRefusal(res.err) && !err) return 'warn';
+      return err || res.err || res.statusCode >= 500 ? 'error' : 'info';
+    },
   });
 }

@@ -1,6 +1,7 @@
+import type { Request } from 'express';
 import { Store, type SessionData } from 'express-session';
 import { HttpError } from './errors';
-import { isRenewal, type ExpiryRule } from './session';
+import { markLoaded, wasLoaded, type ExpiryRule } from './session';
 
 export interface MemoryStoreOptions {
   /** most live sessions held at once */
@@ -21,18 +22,11 @@ export class StoreFullError extends HttpError {
 
 interface Entry {
   json: string;
-  /** the cookie's expiry: renewed by touch without serialising the session again */
-  cookieExpires: number | null;
   expiresAt: number;
 }
 
 type Callback = (err?: unknown) => void;
 type GetCallback = (err: unknown, session?: SessionData | null) => void;
-
-function cookieExpires(sess: SessionData): number | null {
-  const expires = sess.cookie?.expires;
-  return expires ? new Date(expires).getTime() : null;
-}
 
 /**
  * express-session's MemoryStore keeps every session nobody reads again and grows without bound; this one
@@ -60,9 +54,8 @@ export class BoundedMemoryStore extends Store {
       callback(null, null);
       return;
     }
-    const sess = JSON.parse(entry.json) as SessionData;
-    if (entry.cookieExpires !== null) sess.cookie.expires = new Date(entry.cookieExpires);
-    callback(null, sess);
+    // express-session turns the cookie's expiry back into a Date
+    callback(null, JSON.parse(entry.json) as SessionData);
   }
 
   override set(sid: string, sess: SessionData, callback?: Callback): void {
@@ -73,8 +66,8 @@ export class BoundedMemoryStore extends Store {
       return;
     }
     const held = this.sessions.has(sid);
-    // a renewal of a session that is gone (a logout came first) is dropped, never written back
-    if (!held && isRenewal(sess)) {
+    // a session loaded before it was ended (a logout came first) is dropped, never written back
+    if (!held && wasLoaded(sess)) {
       callback?.();
       return;
     }
@@ -83,20 +76,15 @@ export class BoundedMemoryStore extends Store {
       callback?.(new StoreFullError(Number.isFinite(retryAfterMs) ? Math.max(1, Math.ceil(retryAfterMs / 1000)) : 60));
       return;
     }
-    this.sessions.set(sid, { json: JSON.stringify(sess), cookieExpires: cookieExpires(sess), expiresAt });
+    this.sessions.set(sid, { json: JSON.stringify(sess), expiresAt });
     this.nextExpiryAt = Math.min(this.nextExpiryAt, expiresAt);
     callback?.();
   }
 
-  // a touch only moves the expiry (express-session touches unmodified sessions, so the data is unchanged)
-  override touch(sid: string, sess: SessionData, callback?: Callback): void {
-    // only a session still held is renewed: a touch racing a logout must not bring the session back
-    const entry = this.live(sid);
-    if (entry) {
-      entry.cookieExpires = cookieExpires(sess);
-      entry.expiresAt = this.options.expiresAt(sess);
-    }
-    callback?.();
+  // no `touch`: the idle timeout counts from the last renewal, which is a save (see renewCookie)
+
+  override createSession(req: Request, sess: SessionData) {
+    return markLoaded(super.createSession(req, sess));
   }
 
   override destroy(sid: string, callback?: Callback): void {

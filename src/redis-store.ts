@@ -1,26 +1,30 @@
 import { RedisStore } from 'connect-redis';
+import type { Request } from 'express';
+import type { Options as RateLimitOptions, Store as RateLimitStore } from 'express-rate-limit';
 import type { SessionData } from 'express-session';
 import type { Logger } from 'pino';
-import { RedisStore as RedisRateLimitStore, type RedisReply } from 'rate-limit-redis';
-import { createClient, ErrorReply } from 'redis';
+import { createClient } from 'redis';
 import { maskUrlPassword, type Config } from './config';
 import { StoreUnavailableError } from './errors';
-import { isRenewal, type ExpiryRule } from './session';
+import { markLoaded, wasLoaded, type ExpiryRule } from './session';
 import type { SessionStore } from './store';
 
 // a store operation that has not answered by then fails, so a stalled Redis gives a 503 well within 5 s
 const COMMAND_TIMEOUT_MS = 2000;
 // start-up waits this long for Redis (it may be starting beside us), then gives up well within 15 s
 const STARTUP_TIMEOUT_MS = 10_000;
+// a clean QUIT waits for every command still queued; past this, the connection is dropped instead
+const CLOSE_TIMEOUT_MS = 1000;
 const MAX_RECONNECT_DELAY_MS = 2000;
 
 type Callback = (err?: unknown, data?: SessionData | null) => unknown;
 
 /**
- * A Redis reply within the deadline; a connection that fails or stalls becomes the 503 the client is owed (the
- * cause is kept for the log), while Redis's own error replies (NOSCRIPT, say) pass through for the caller.
- * Written here because node-redis's own command timeout stops counting once a command is written, so a Redis
- * that stalls with the connection open would hang requests for good.
+ * A Redis reply within the deadline. Anything else becomes the 503 the client is owed, the cause kept for the
+ * log: a connection that fails or stalls, and every error reply too (OOM, READONLY, LOADING, BUSY, CLUSTERDOWN,
+ * TRYAGAIN...: each says Redis cannot serve this now, none is the client's fault). Written here because
+ * node-redis's own command timeout stops counting once a command is written, so a Redis that stalls with the
+ * connection open would hang requests for good.
  */
 function withDeadline<T>(promise: Promise<T>): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -35,7 +39,7 @@ function withDeadline<T>(promise: Promise<T>): Promise<T> {
       },
       (err: unknown) => {
         clearTimeout(timer);
-        reject(err instanceof ErrorReply ? err : new StoreUnavailableError(err));
+        reject(new StoreUnavailableError(err));
       },
     );
   });
@@ -65,11 +69,11 @@ class GuardedRedisStore extends RedisStore {
   }
 
   override set(sid: string, sess: SessionData, callback?: Callback) {
-    return answer(callback, isRenewal(sess) ? this.renew(sid, sess) : super.set(sid, sess));
+    return answer(callback, wasLoaded(sess) ? this.update(sid, sess) : super.set(sid, sess));
   }
 
-  // SET XX writes only a key that still exists: a renewal racing a logout cannot recreate the session
-  private async renew(sid: string, sess: SessionData): Promise<void> {
+  // SET XX writes only a key that still exists: a request that loaded the session before a logout cannot recreate it
+  private async update(sid: string, sess: SessionData): Promise<void> {
     const ttl = this.ttlSeconds(sess);
     if (ttl <= 0) {
       await this.redis.del(this.prefix + sid);
@@ -81,9 +85,13 @@ class GuardedRedisStore extends RedisStore {
     });
   }
 
-  // EXPIRE on a missing key does nothing, so a touch racing a logout cannot bring the session back
-  override touch(sid: string, sess: SessionData, callback?: Callback) {
-    return answer(callback, super.touch(sid, sess));
+  // the idle timeout counts from the last renewal, which is a save (see renewCookie): a touch has nothing to write
+  override async touch(_sid: string, _sess: SessionData, callback?: Callback) {
+    callback?.(null);
+  }
+
+  override createSession(req: Request, sess: SessionData) {
+    return markLoaded(super.createSession(req, sess));
   }
 
   override destroy(sid: string, callback?: Callback) {
@@ -136,15 +144,72 @@ export function createRedisSessionStore(config: Readonly<Config>, expiresAt: Exp
       }
     },
     // the login limit counted in Redis as well, so all instances share one budget per client
-    rateLimitStore: () =>
-      new RedisRateLimitStore({
-        prefix: 'rl:login:',
-        sendCommand: (...command: string[]) => withDeadline(client.sendCommand<RedisReply>(command)),
-      }),
+    rateLimitStore: () => new RedisLoginCounter(client),
     async close() {
-      // a clean QUIT when Redis is there; otherwise stop reconnecting at once
-      if (client.isReady) await client.close();
-      else if (client.isOpen) client.destroy();
+      // a clean QUIT when Redis is there, but never longer than CLOSE_TIMEOUT_MS: a stalled Redis never
+      // answers it, and node-redis waits for every command still queued (a deadline stops waiting, not the command)
+      if (client.isReady) {
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_TIMEOUT_MS)));
+        await Promise.race([client.close().catch(() => {}), late]).finally(() => clearTimeout(timer));
+      }
+      if (client.isOpen) client.destroy();
     },
   };
+}
+
+const COUNTER_PREFIX = 'rl:login:';
+const PROBE_KEY = 'healthz-probe';
+
+/**
+ * The login limit's counts in Redis, for express-rate-limit: a fixed window per client, as rate-limit-redis
+ * keeps it, counted by three commands in one MULTI (SET NX PX starts a window, INCR counts, PTTL tells when the
+ * window ends). Hand-written because rate-limit-redis 6.0.1 keeps the promise of a failed SCRIPT LOAD for good:
+ * one reload that failed (a flushed script cache after a restart or failover, a dropped connection, an ACL)
+ * broke every later login until the process restarted. Without a script there is nothing to load or to lose.
+ */
+export class RedisLoginCounter implements RateLimitStore {
+  readonly prefix = COUNTER_PREFIX;
+  readonly localKeys = false;
+  private windowMs = 60_000;
+
+  constructor(private readonly redis: RedisClient) {}
+
+  init(options: RateLimitOptions): void {
+    this.windowMs = options.windowMs;
+  }
+
+  async get(key: string) {
+    const [hits, ttl] = await withDeadline(this.redis.multi().get(this.prefix + key).pTTL(this.prefix + key).exec());
+    return hits === null ? undefined : { totalHits: Number(hits), resetTime: new Date(Date.now() + Number(ttl)) };
+  }
+
+  async increment(key: string) {
+    const id = this.prefix + key;
+    const [, hits, ttl] = await withDeadline(
+      this.redis
+        .multi()
+        .set(id, '0', { expiration: { type: 'PX', value: this.windowMs }, condition: 'NX' })
+        .incr(id)
+        .pTTL(id)
+        .exec(),
+    );
+    return { totalHits: Number(hits), resetTime: new Date(Date.now() + Number(ttl)) };
+  }
+
+  async decrement(key: string): Promise<void> {
+    const id = this.prefix + key;
+    const [, ttl] = await withDeadline(this.redis.multi().decr(id).pTTL(id).exec());
+    // the window had ended: DECR made a counter with no expiry, which counts nothing
+    if (Number(ttl) === -1) await withDeadline(this.redis.del(id));
+  }
+
+  async resetKey(key: string): Promise<void> {
+    await withDeadline(this.redis.del(this.prefix + key));
+  }
+
+  /** the commands a login's count takes, on a key of its own: fails exactly when logins cannot be counted */
+  async probe(): Promise<void> {
+    await this.increment(PROBE_KEY);
+  }
 }

@@ -1,6 +1,4 @@
 // The only module that touches the process: environment, port, signals. Nothing imports it.
-import { STATUS_CODES } from 'node:http';
-import type { Duplex } from 'node:stream';
 import { getHeapStatistics } from 'node:v8';
 import dotenv from 'dotenv';
 import { createApp } from './app';
@@ -9,8 +7,10 @@ import { createHttpServer } from './http-server';
 import { createLogger } from './logger';
 import { createSessionStore, heapWarning } from './store';
 
-// in-flight requests get this long after SIGTERM/SIGINT; then their connections are cut, within 10 s in all
+// in-flight requests get this long after SIGTERM/SIGINT; then their connections are cut
 const SHUTDOWN_GRACE_MS = 8000;
+// and whatever is still pending then (a store that will not close), the process ends here: within 10 s in all
+const SHUTDOWN_DEADLINE_MS = 9500;
 
 async function main(): Promise<void> {
   // as in the tutorial: a .env file outside production; in production the environment is the only source
@@ -45,19 +45,6 @@ async function main(): Promise<void> {
     const port = typeof address === 'object' && address ? address.port : config.port;
     console.log('Server listening at http://localhost:%s', port);
   });
-  // requests Node refuses before Express sees them (headers over 16 KB, a broken request line) get JSON too
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-    if (err.code === 'ECONNRESET' || !socket.writable) {
-      socket.destroy();
-      return;
-    }
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
-    const body = JSON.stringify({ error: status === 431 ? 'Request headers too large' : 'Bad request' });
-    socket.end(
-      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
-        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-    );
-  });
   server.on('error', (err: NodeJS.ErrnoException) => {
     console.error(`Cannot listen on port ${config.port} (APPLICATION_PORT): ${err.code ?? err.message}`);
     process.exit(1);
@@ -70,6 +57,10 @@ async function main(): Promise<void> {
     logger.info({ signal }, 'shutting down');
     const force = setTimeout(() => server.closeAllConnections(), SHUTDOWN_GRACE_MS);
     force.unref();
+    setTimeout(() => {
+      logger.warn('shutdown did not finish in time: exiting');
+      process.exit(0);
+    }, SHUTDOWN_DEADLINE_MS).unref();
     // keep-alive connections close as soon as they fall idle, busy ones once their response is out
     const sweep = setInterval(() => server.closeIdleConnections(), 100);
     sweep.unref();

@@ -23,8 +23,8 @@ export type StoredSession = Pick<SessionData, 'cookie'> & Partial<Pick<SessionDa
 export type ExpiryRule = (sess: StoredSession) => number;
 
 /**
- * The one rule for both timeouts: a session ends at its idle expiry (the cookie's expiry, pushed forward on
- * every use) or at login + the absolute timeout, whichever comes first. Stores use it to drop and prune
+ * The one rule for both timeouts: a session ends at its idle expiry (the cookie's expiry as last renewed: see
+ * `renewCookie`) or at login + the absolute timeout, whichever comes first. Stores use it to drop and prune
  * sessions; `enforceTimeouts` uses it on every request.
  */
 export function createExpiryRule(config: Pick<Config, 'absoluteTimeoutSeconds'>): ExpiryRule {
@@ -37,7 +37,7 @@ export function createExpiryRule(config: Pick<Config, 'absoluteTimeoutSeconds'>)
   };
 }
 
-/** express-session configured from SPEC.md: named cookie, no anonymous sessions, expiry renewed on use. */
+/** express-session as the contract asks: a named cookie, no anonymous sessions, expiry renewed on use. */
 export function createSessionMiddleware(config: Readonly<Config>, store: Store): RequestHandler {
   return session({
     name: config.cookieName,
@@ -69,15 +69,16 @@ export function enforceTimeouts(expiresAt: ExpiryRule): RequestHandler {
   };
 }
 
-// the cookie's expiry is pushed forward at most this often; the store's expiry moves on every request
+// the session's expiry is pushed forward at most this often
 const MAX_RENEWAL_INTERVAL_MS = 60_000;
 
 /**
- * Sends the cookie again, with a fresh expiry, once a tenth of the idle window (at most a minute) has passed
- * since it was last sent, instead of on every response: signing and sending a cookie on every response cost
- * about 9 % of a request. The store's own expiry is renewed on every request (express-session touches it), so
- * the server-side idle timeout stays exact; the browser may drop an idle user's cookie up to one interval
- * early, never late.
+ * Renews the session, once a tenth of the idle window (at most a minute) has passed since its last renewal,
+ * instead of on every request: the session is saved with a fresh expiry and the cookie is sent again with it.
+ * The idle timeout counts from the last renewal, on the server as in the browser and on both stores alike: a
+ * session may end up to one interval early, never late. Stores implement no `touch`, so a request between two
+ * renewals writes nothing (on Redis, a GET and no EXPIRE); signing and sending a cookie on every response cost
+ * about 9 % of a request.
  */
 export function renewCookie(config: Pick<Config, 'idleTimeoutSeconds'>): RequestHandler {
   const intervalMs = Math.min((config.idleTimeoutSeconds * 1000) / 10, MAX_RENEWAL_INTERVAL_MS);
@@ -91,12 +92,22 @@ export function renewCookie(config: Pick<Config, 'idleTimeoutSeconds'>): Request
   };
 }
 
+// the sessions express-session loaded from a store: it builds those, and only those, with Store#createSession
+const loadedSessions = new WeakSet<object>();
+
+/** marks a session as loaded from the store; stores call it from `createSession` */
+export function markLoaded<T extends object>(sess: T): T {
+  loadedSessions.add(sess);
+  return sess;
+}
+
 /**
- * Whether a save only renews a session that already exists (anything after the login that created it). Stores
- * write a renewal only over a session they still hold, so a renewal racing a logout cannot bring it back.
+ * Whether `sess` was loaded from the store, as opposed to made in this request (a first visit, a login's
+ * regenerate). A save of a loaded session may only update it: stores write it only over a session they still
+ * hold, so a request that loaded it before a logout cannot bring it back afterwards, whatever it changed.
  */
-export function isRenewal(sess: Partial<Pick<SessionData, 'loginAt' | 'cookieRenewedAt'>>): boolean {
-  return sess.cookieRenewedAt !== sess.loginAt;
+export function wasLoaded(sess: object): boolean {
+  return loadedSessions.has(sess);
 }
 
 /** express-session's callback methods as promises: the one helper every caller uses */

@@ -164,9 +164,20 @@ describe('loadConfig', () => {
       expect(loadConfig(production()).cookieSecure).toBe(true);
     });
 
+    it('when TRUST_PROXY=true (any client could forge X-Forwarded-For), then start-up stops saying what to give instead', () => {
+      expect(problemsOf(production({ TRUST_PROXY: 'true' }))).toEqual([expect.stringMatching(/^TRUST_PROXY=true trusts every hop.*hop count|number of proxies/)]);
+    });
+
     it('when COOKIE_SECURE=false, then it starts with a warning', () => {
       expect(loadConfig(production({ COOKIE_SECURE: 'false' })).warnings.join()).toMatch(/COOKIE_SECURE=false/);
     });
+  });
+
+  it('when TRUST_PROXY=true outside production, then it starts, with a warning', () => {
+    const config = loadConfig({ TRUST_PROXY: 'true' });
+
+    expect(config.trustProxy).toBe(true);
+    expect(config.warnings.join()).toMatch(/TRUST_PROXY=true trusts every hop/);
   });
 
   it("when outside production the tutorial's secret is used, then it starts with a warning", () => {

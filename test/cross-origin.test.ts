@@ -1,9 +1,7 @@
-import { Writable } from 'node:stream';
-import pino from 'pino';
 import request, { type Test } from 'supertest';
 import { createApp } from '../src/app';
 import { createMemoryStore } from '../src/store';
-import { cookieHeader, makeApp, sessionId, shouldNotSetCookie, shouldSetCookie, storedCount, storedSession, testConfig } from './helpers';
+import { capturedLogger, cookieHeader, makeApp, sessionId, shouldNotSetCookie, shouldSetCookie, storedCount, storedSession, testConfig } from './helpers';
 
 const REFUSED = { error: 'Cross-origin request refused' };
 
@@ -173,15 +171,9 @@ describe('behind a reverse proxy', () => {
 
 describe('the log of a refused request', () => {
   it('when a request is refused, then one warn line names the method, path and both headers, and no cookie', async () => {
-    const lines: Record<string, unknown>[] = [];
-    const sink = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
-        done();
-      },
-    });
+    const { logger, lines } = capturedLogger('warn');
     const config = testConfig({ LOG_LEVEL: 'warn' });
-    const app = createApp({ config, store: createMemoryStore(config), logger: pino({ level: 'warn' }, sink) });
+    const app = createApp({ config, store: createMemoryStore(config), logger });
 
     await send(app, 'POST', '/logout', { 'Sec-Fetch-Site': 'cross-site', Origin: 'http://evil.example' }, 'sid=s%3Asecret-value.sig').expect(403);
 

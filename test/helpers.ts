@@ -1,13 +1,15 @@
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Express } from 'express';
-import type { SessionData } from 'express-session';
+import type { Express, Request } from 'express';
+import type { Session, SessionData, Store } from 'express-session';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import newman, { type NewmanRunSummary } from 'newman';
+import pino, { type Logger } from 'pino';
 import request, { type Response } from 'supertest';
 import { createApp } from '../src/app';
-import { createHttpServer } from '../src/http-server';
+import { createHttpServer, type TimeoutOptions } from '../src/http-server';
 import { loadConfig, type Config, type Env } from '../src/config';
 import type { BoundedMemoryStore } from '../src/memory-store';
 import { createMemoryStore } from '../src/store';
@@ -38,6 +40,20 @@ export function makeApp(env: Env = {}): TestApp {
   return { app: createApp({ config, store }), config, store };
 }
 
+/** a logger whose JSON lines are kept, parsed, in `lines` */
+export function capturedLogger(level = 'info'): { logger: Logger; lines: Record<string, unknown>[]; raw: string[] } {
+  const lines: Record<string, unknown>[] = [];
+  const raw: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      raw.push(chunk.toString());
+      lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
+      done();
+    },
+  });
+  return { logger: pino({ level }, sink), lines, raw };
+}
+
 /** how many sessions a memory store holds (its callbacks run synchronously) */
 export function storedCount(store: BoundedMemoryStore): number {
   let count = -1;
@@ -50,6 +66,27 @@ export function storedSession(store: BoundedMemoryStore, sid: string): SessionDa
   let sess: SessionData | null | undefined;
   store.get(sid, (_err, found) => (sess = found));
   return sess;
+}
+
+/**
+ * The session under `sid` as express-session builds it for a request that loads it (through the store's
+ * `createSession`): what a request holds between loading a session and saving it at its end.
+ */
+export async function loadSession(store: Store, sid: string): Promise<Session & SessionData> {
+  const data = await new Promise<SessionData>((resolve, reject) =>
+    store.get(sid, (err, sess) => (err ? reject(err) : sess ? resolve(sess) : reject(new Error(`the store holds no session ${sid}`)))),
+  );
+  return store.createSession({ sessionID: sid, sessionStore: store } as unknown as Request, data);
+}
+
+/** store.set as a promise */
+export function saveSession(store: Store, sid: string, sess: SessionData): Promise<void> {
+  return new Promise((resolve, reject) => store.set(sid, sess, (err?: unknown) => (err ? reject(err) : resolve())));
+}
+
+/** store.destroy as a promise */
+export function destroySession(store: Store, sid: string): Promise<void> {
+  return new Promise((resolve, reject) => store.destroy(sid, (err?: unknown) => (err ? reject(err) : resolve())));
 }
 
 export interface Cookie {
@@ -101,8 +138,8 @@ export function cookieHeader(cookie: Cookie): string {
 }
 
 /** the app on a real socket on a free port, served as the server serves it; close() stops it */
-export async function listen(app: Express): Promise<{ url: string; port: number; server: Server; close(): Promise<void> }> {
-  const server = createHttpServer(app).listen(0, '127.0.0.1');
+export async function listen(app: Express, timeouts: TimeoutOptions = {}): Promise<{ url: string; port: number; server: Server; close(): Promise<void> }> {
+  const server = createHttpServer(app, timeouts).listen(0, '127.0.0.1');
   await once(server, 'listening');
   const { port } = server.address() as AddressInfo;
   return {

@@ -1,5 +1,23 @@
+import { once } from 'node:events';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import { makeApp, listen } from './helpers';
+import net, { type AddressInfo } from 'node:net';
+import { answerClientError } from '../src/http-server';
+import { makeApp, listen, sleep } from './helpers';
+
+/** a raw TCP client that keeps its end open when the server closes its own (as a careless client does) */
+async function rawClient(port: number): Promise<net.Socket & { response(): string; ended: Promise<unknown> }> {
+  const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  let response = '';
+  socket.on('data', (chunk: Buffer) => (response += chunk.toString()));
+  socket.on('error', () => {});
+  const ended = Promise.race([once(socket, 'end'), once(socket, 'close')]);
+  await once(socket, 'connect');
+  return Object.assign(socket, { response: () => response, ended });
+}
+
+function jsonBody(response: string): unknown {
+  return JSON.parse(response.slice(response.indexOf('\r\n\r\n') + 4));
+}
 
 describe('the HTTP server', () => {
   it('when a request arrives, then it and its response already have the app\'s prototypes, so Express changes none', async () => {
@@ -36,5 +54,105 @@ describe('the HTTP server', () => {
     } finally {
       await server.close();
     }
+  });
+
+  describe('requests Node refuses before the app sees them', () => {
+    it('when 50 clients send garbage and never close their end, then each gets a JSON 400 and no socket stays open', async () => {
+      const server = await listen(makeApp().app);
+      const clients = await Promise.all(Array.from({ length: 50 }, () => rawClient(server.port)));
+      try {
+        for (const client of clients) client.write('GARBAGE\r\n\r\n');
+        await Promise.all(clients.map((client) => client.ended));
+        // the server's side of each connection is gone, though no client closed its own
+        let open = -1;
+        for (let waited = 0; waited < 2000 && open !== 0; waited += 50) {
+          open = await new Promise<number>((resolve) => server.server.getConnections((_err, count) => resolve(count)));
+          if (open !== 0) await sleep(50);
+        }
+
+        expect(open).toBe(0);
+        for (const client of clients) {
+          expect(client.response()).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+          expect(jsonBody(client.response())).toEqual({ error: 'Bad request' });
+        }
+      } finally {
+        clients.forEach((client) => client.destroy());
+        await server.close();
+      }
+    });
+
+    it('when a client sends its headers too slowly, then it gets Node\'s 408, in JSON', async () => {
+      const server = await listen(makeApp().app, { headersTimeout: 300, requestTimeout: 1000, connectionsCheckingInterval: 50 });
+      const client = await rawClient(server.port);
+      try {
+        client.write('GET /user HTTP/1.1\r\nHost: localhost\r\n');
+        await client.ended;
+
+        expect(client.response()).toMatch(/^HTTP\/1\.1 408 Request Timeout\r\n/);
+        expect(client.response()).toMatch(/content-type: application\/json/i);
+        expect(jsonBody(client.response())).toEqual({ error: 'Request timeout' });
+      } finally {
+        client.destroy();
+        await server.close();
+      }
+    });
+
+    it('when the headers are over 16 KB, then it gets Node\'s 431, in JSON', async () => {
+      const server = await listen(makeApp().app);
+      const client = await rawClient(server.port);
+      try {
+        client.write(`GET /user HTTP/1.1\r\nHost: localhost\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
+        await client.ended;
+
+        expect(client.response()).toMatch(/^HTTP\/1\.1 431 /);
+        expect(jsonBody(client.response())).toEqual({ error: 'Request headers too large' });
+      } finally {
+        client.destroy();
+        await server.close();
+      }
+    });
+
+    describe('answerClientError on a socket of its own', () => {
+      let tcp: net.Server;
+      let port: number;
+      let accepted: Promise<net.Socket>;
+
+      beforeEach(async () => {
+        tcp = net.createServer({ allowHalfOpen: true });
+        accepted = once(tcp, 'connection').then(([socket]) => socket as net.Socket);
+        tcp.listen(0, '127.0.0.1');
+        await once(tcp, 'listening');
+        port = (tcp.address() as AddressInfo).port;
+      });
+
+      afterEach(() => new Promise<void>((resolve) => tcp.close(() => resolve())));
+
+      it('when the chunk extensions are too large, then the answer is Node\'s 413, in JSON, and the socket is destroyed', async () => {
+        const client = await rawClient(port);
+        const socket = await accepted;
+
+        answerClientError(Object.assign(new Error('too large'), { code: 'HPE_CHUNK_EXTENSIONS_OVERFLOW' }), socket);
+        await client.ended;
+
+        expect(client.response()).toMatch(/^HTTP\/1\.1 413 Payload Too Large\r\n/);
+        expect(jsonBody(client.response())).toEqual({ error: 'Chunk extensions too large' });
+        expect(socket.destroyed).toBe(true);
+        client.destroy();
+      });
+
+      it('when a response is already on its way, then nothing is written into it, and the socket is destroyed', async () => {
+        const client = await rawClient(port);
+        const socket = await accepted;
+        socket.write('HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345');
+        await sleep(50);
+
+        answerClientError(Object.assign(new Error('parse error'), { code: 'HPE_INVALID_CHUNK_SIZE' }), socket);
+        await client.ended;
+
+        expect(client.response()).toBe('HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345');
+        expect(socket.destroyed).toBe(true);
+        client.destroy();
+      });
+    });
   });
 });

@@ -8,6 +8,9 @@ import { createSessionStore, type SessionStore } from '../src/store';
 import {
   cookieHeader,
   describeWith,
+  destroySession,
+  loadSession,
+  saveSession,
   freePort,
   listening,
   logoutRacingReads,
@@ -77,23 +80,48 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
     expect(ttl).toBeLessThanOrEqual(120);
   });
 
-  it('when the session is used, then its TTL is pushed back to the full idle timeout', async () => {
+  /** how many times Redis has run `command` since it started */
+  async function calls(command: string): Promise<number> {
+    const stats = await inspector.info('commandstats');
+    return Number(new RegExp(`^cmdstat_${command}:calls=(\\d+)`, 'm').exec(stats)?.[1] ?? 0);
+  }
+
+  it('when the session is used within the renewal interval, then the read is one GET: no EXPIRE, the TTL runs on', async () => {
+    // renewal interval: a tenth of the idle timeout, 2 s
     const { app } = await instance({ SESSION_IDLE_TIMEOUT_SECONDS: '20' });
     const { header, key } = await login(app);
-    await sleep(2100);
-    const before = await inspector.ttl(key);
+    await sleep(1000);
+    const [expires, gets] = [await calls('expire'), await calls('get')];
 
     await request(app).get('/user').set('Cookie', header).expect(200);
 
-    expect(before).toBeLessThanOrEqual(18);
-    expect(await inspector.ttl(key)).toBeGreaterThanOrEqual(19);
+    expect(await calls('get')).toBe(gets + 1);
+    expect(await calls('expire')).toBe(expires);
+    expect(await inspector.pTTL(key)).toBeLessThan(19_100);
+  });
+
+  it('when the session is used after the renewal interval, then it is renewed: the TTL is the full idle timeout again', async () => {
+    const { app } = await instance({ SESSION_IDLE_TIMEOUT_SECONDS: '20' });
+    const { header, key } = await login(app);
+    await sleep(2100);
+    const before = await inspector.pTTL(key);
+
+    const res = await request(app).get('/user').set('Cookie', header).expect(200);
+
+    expect(before).toBeLessThan(18_000);
+    expect(await inspector.pTTL(key)).toBeGreaterThan(19_000);
+    shouldSetCookie(res);
   });
 
   it('when the absolute timeout is nearer than the idle one, then the TTL follows the absolute timeout', async () => {
     const { app } = await instance({ SESSION_IDLE_TIMEOUT_SECONDS: '600', SESSION_ABSOLUTE_TIMEOUT_SECONDS: '30' });
     const { key } = await login(app);
 
-    expect(await inspector.ttl(key)).toBeLessThanOrEqual(30);
+    const ttl = await inspector.ttl(key);
+
+    // -1 would be a key with no expiry at all
+    expect(ttl).toBeGreaterThan(25);
+    expect(ttl).toBeLessThanOrEqual(30);
   });
 
   it('when idle past the timeout, then Redis has dropped the session and the app reads no data', async () => {
@@ -136,22 +164,39 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
     const cookie = await logoutRacingReads(a.app, { waitMs });
 
     expect((await request(a.app).get('/user').set('Cookie', cookie)).body).toEqual({ info: 'No data present in session' });
-    expect(await inspector.keys('sess:*')).not.toContain(cookie);
     const id = /s%3A([^.]+)\./.exec(cookie)?.[1];
+    expect(id).toBeDefined();
     expect(await inspector.exists(`sess:${id}`)).toBe(0);
   });
 
-  it('when a renewal is saved after its session was destroyed, then the session is not recreated', async () => {
+  it.each([
+    ['renews it', (sess: SessionData) => (sess.cookieRenewedAt = Date.now() + 1000)],
+    ['changes another field (pre-login state, say)', (sess: SessionData) => Object.assign(sess, { returnTo: '/account' })],
+  ])('when a request that loaded a session %s and saves it after the session was destroyed, then it is not recreated', async (_what, change) => {
     const { sessions } = await instance();
     const loginAt = Date.now();
     const sess = { cookie: { expires: new Date(loginAt + 60_000), originalMaxAge: 60_000 }, user: { name: 'x' }, loginAt, cookieRenewedAt: loginAt } as SessionData;
-    const call = (fn: (done: (err?: unknown) => void) => void) => new Promise<void>((resolve, reject) => fn((err) => (err ? reject(err) : resolve())));
-    await call((done) => sessions.store.set('renewed', sess, done));
-    await call((done) => sessions.store.destroy('renewed', done));
+    await saveSession(sessions.store, 'loaded', sess);
+    const loaded = await loadSession(sessions.store, 'loaded');
 
-    await call((done) => sessions.store.set('renewed', { ...sess, cookieRenewedAt: loginAt + 1000 } as SessionData, done));
+    await destroySession(sessions.store, 'loaded');
+    change(loaded);
+    await saveSession(sessions.store, 'loaded', loaded);
 
-    expect(await inspector.exists('sess:renewed')).toBe(0);
+    expect(await inspector.exists('sess:loaded')).toBe(0);
+  });
+
+  it('when a request that loaded a session saves a change while it exists, then Redis holds the change, with its TTL', async () => {
+    const { sessions } = await instance();
+    const loginAt = Date.now();
+    await saveSession(sessions.store, 'kept', { cookie: { expires: new Date(loginAt + 60_000), originalMaxAge: 60_000 }, user: { name: 'x' }, loginAt, cookieRenewedAt: loginAt } as SessionData);
+    const loaded = await loadSession(sessions.store, 'kept');
+
+    loaded.user = { name: 'y' };
+    await saveSession(sessions.store, 'kept', loaded);
+
+    expect(JSON.parse((await inspector.get('sess:kept')) ?? '{}').user).toEqual({ name: 'y' });
+    expect(await inspector.ttl('sess:kept')).toBeGreaterThan(55);
   });
 
   it('when instances share Redis, then the login limit is one budget per client across all of them', async () => {
@@ -259,6 +304,152 @@ describeWith('redis-server', 'a Redis outage', () => {
   });
 });
 
+describeWith('redis-server', 'Redis refusing commands, and coming back', () => {
+  let redis: RedisServer;
+  let admin: ReturnType<typeof createClient>;
+  const opened: SessionStore[] = [];
+
+  beforeAll(async () => {
+    redis = await RedisServer.start();
+    admin = createClient({ url: redis.url });
+    admin.on('error', () => {});
+    await admin.connect();
+  });
+
+  afterEach(async () => {
+    // whatever a test broke, the next one starts with a Redis that serves everything
+    await admin.sendCommand(['ACL', 'SETUSER', 'default', 'on', 'nopass', '+@all', '~*', '&*']);
+    await admin.configSet('maxmemory', '0');
+    await admin.sendCommand(['REPLICAOF', 'NO', 'ONE']);
+  });
+
+  afterAll(async () => {
+    await Promise.all(opened.map((sessions) => sessions.close().catch(() => {})));
+    admin.destroy();
+    await redis.stop();
+  });
+
+  async function instance(env: Env = {}) {
+    const config = testConfig({ SESSION_STORE: 'redis', REDIS_URL: redis.url, LOGIN_RATE_LIMIT_PER_MINUTE: '1000', ...env });
+    const sessions = await createSessionStore(config, silent);
+    await sessions.ready();
+    opened.push(sessions);
+    return createApp({ config, store: sessions.store, rateLimitStore: sessions.rateLimitStore?.() });
+  }
+
+  function shouldBeStoreUnavailable(res: request.Response): void {
+    expect(res.status).toBe(503);
+    expect(res.body).toEqual({ error: 'Session store unavailable, try again shortly' });
+    expect(res.headers['retry-after']).toBe('5');
+    expect(res.headers['set-cookie']).toBeUndefined();
+  }
+
+  it('when the script cache is flushed and reloading scripts fails, then logins go on, and keep going once Redis is whole', async () => {
+    const app = await instance();
+    await request(app).post('/login?name=a').expect(201);
+
+    // what a restart or a failover does to the script cache, and a reload that then fails
+    await admin.sendCommand(['SCRIPT', 'FLUSH']);
+    await admin.sendCommand(['ACL', 'SETUSER', 'default', '-script|load']);
+    const during = await request(app).post('/login?name=b');
+    await admin.sendCommand(['ACL', 'SETUSER', 'default', '+script|load']);
+    const after = await request(app).post('/login?name=c');
+
+    expect(during.status).not.toBe(500);
+    expect(after.status).toBe(201);
+  });
+
+  it('when logins cannot be counted, then they are 503 and /healthz is 503; when they can again, both recover by themselves', async () => {
+    const app = await instance();
+    await request(app).post('/login?name=a').expect(201);
+
+    await admin.sendCommand(['ACL', 'SETUSER', 'default', '-incr']);
+    const refused = await request(app).post('/login?name=b');
+    const unhealthy = await request(app).get('/healthz');
+    await admin.sendCommand(['ACL', 'SETUSER', 'default', '+incr']);
+    const again = await request(app).post('/login?name=c');
+    const healthy = await request(app).get('/healthz');
+
+    shouldBeStoreUnavailable(refused);
+    expect(unhealthy.status).toBe(503);
+    expect(again.status).toBe(201);
+    expect(healthy.status).toBe(200);
+  });
+
+  it.each([
+    ['out of memory (OOM)', () => admin.configSet('maxmemory', '1')],
+    ['a replica (READONLY)', async () => admin.sendCommand(['REPLICAOF', '127.0.0.1', String(await freePort())])],
+  ])('when Redis answers writes with an error reply, %s, then a login is the store-unavailable 503, never a 500, and recovers', async (_what, refuseWrites) => {
+    // the limit off: the session's own write is the one that meets the error
+    const app = await instance({ LOGIN_RATE_LIMIT_PER_MINUTE: '0' });
+    const header = cookieHeader(shouldSetCookie(await request(app).post('/login?name=a').expect(201)));
+
+    await refuseWrites();
+    const refused = await request(app).post('/login?name=b');
+    const reading = await request(app).get('/user').set('Cookie', header);
+    await admin.configSet('maxmemory', '0');
+    await admin.sendCommand(['REPLICAOF', 'NO', 'ONE']);
+    const again = await request(app).post('/login?name=c');
+
+    shouldBeStoreUnavailable(refused);
+    // reads are still served
+    expect(reading.body.data).toEqual({ name: 'a' });
+    expect(again.status).toBe(201);
+  });
+
+  it('when the login counter meets an error reply (OOM), then the login is the store-unavailable 503', async () => {
+    const app = await instance();
+
+    await admin.configSet('maxmemory', '1');
+    const refused = await request(app).post('/login?name=b');
+
+    shouldBeStoreUnavailable(refused);
+  });
+});
+
+/** the same idle-timeout scenario on either store: both count the idle timeout from the last renewal */
+function idleTimeoutScenario(kind: 'memory' | 'redis'): () => void {
+  return () => {
+    let redis: RedisServer | undefined;
+    let sessions: SessionStore;
+    let app: ReturnType<typeof createApp>;
+
+    beforeAll(async () => {
+      if (kind === 'redis') redis = await RedisServer.start();
+      // a 5 s idle timeout: the session is renewed once 0.5 s have passed since its last renewal
+      const config = testConfig({ SESSION_STORE: kind, REDIS_URL: redis?.url, SESSION_IDLE_TIMEOUT_SECONDS: '5' });
+      sessions = await createSessionStore(config, silent);
+      await sessions.ready();
+      app = createApp({ config, store: sessions.store });
+    });
+
+    afterAll(async () => {
+      await sessions?.close();
+      await redis?.stop();
+    });
+
+    it('when a session is used before its first renewal and then left idle, then it ends one idle timeout after the renewal, not after the use', async () => {
+      const early = cookieHeader(shouldSetCookie(await request(app).post('/login?name=early').expect(201)));
+      const renewed = cookieHeader(shouldSetCookie(await request(app).post('/login?name=renewed').expect(201)));
+
+      await sleep(300);
+      // within the renewal interval: nothing is written
+      await request(app).get('/user').set('Cookie', early).expect(200);
+      await sleep(400);
+      // past it: the session is renewed, and its idle timeout starts again
+      await request(app).get('/user').set('Cookie', renewed).expect(200);
+      await sleep(4450);
+
+      // 5.15 s after login, 4.85 s after the early use, 4.45 s after the renewal
+      expect((await request(app).get('/user').set('Cookie', early)).body).toEqual({ info: 'No data present in session' });
+      expect((await request(app).get('/user').set('Cookie', renewed)).body.data).toEqual({ name: 'renewed' });
+    });
+  };
+}
+
+describe('the idle timeout on the memory store', idleTimeoutScenario('memory'));
+describeWith('redis-server', 'the idle timeout on the Redis store', idleTimeoutScenario('redis'));
+
 describeWith('redis-server', 'the server process on Redis', () => {
   it('when it gets SIGTERM, then it closes its Redis client and exits 0 within 10 s', async () => {
     const redis = await RedisServer.start();
@@ -274,6 +465,33 @@ describeWith('redis-server', 'the server process on Redis', () => {
       expect(Date.now() - signalled).toBeLessThan(10_000);
     } finally {
       if (run.child.exitCode === null) run.child.kill('SIGKILL');
+      await redis.stop();
+    }
+  });
+});
+
+describeWith('redis-server', 'the server process on a stalled Redis', () => {
+  it('when it gets SIGTERM while Redis is stalled and a command is outstanding, then it still exits 0 within 10 s', async () => {
+    const redis = await RedisServer.start();
+    const run = startServer({ SESSION_STORE: 'redis', REDIS_URL: redis.url, APPLICATION_PORT: String(await freePort()) });
+    try {
+      const url = `http://127.0.0.1:${await listening(run)}`;
+      const header = cookieHeader(shouldSetCookie(await request(url).post('/login?name=daniel').expect(201)));
+
+      redis.pause();
+      // its GET will never be answered: the request gets its 503 at the deadline, the command stays queued
+      const inFlight = request(url).get('/user').set('Cookie', header).then((res) => res.status, () => 'cut');
+      await sleep(200);
+      const signalled = Date.now();
+      run.child.kill('SIGTERM');
+      const exited = await Promise.race([run.exited, sleep(12_000).then(() => ({ code: 'still running after 12 s' }))]);
+
+      expect(exited.code).toBe(0);
+      expect(Date.now() - signalled).toBeLessThan(10_000);
+      expect(await inFlight).toBe(503);
+    } finally {
+      if (run.child.exitCode === null) run.child.kill('SIGKILL');
+      redis.resume();
       await redis.stop();
     }
   });

@@ -2,9 +2,10 @@ import cookieParser from 'cookie-parser';
 import type { Request, RequestHandler, Response, Router } from 'express';
 import { rateLimit, type Store as RateLimitStore } from 'express-rate-limit';
 import type { Store } from 'express-session';
+import type { Logger } from 'pino';
 import type { Config } from '../config';
 import { HttpError, methodNotAllowed } from '../errors';
-import { createExpiryRule, createSessionMiddleware, enforceTimeouts, renewCookie, settle } from '../session';
+import { createExpiryRule, createSessionMiddleware, enforceTimeouts, renewCookie, settle, wasLoaded } from '../session';
 
 export const MAX_NAME_LENGTH = 64;
 // C0 and C1 control characters, DEL included: never part of a name, and the stuff of log and header injection
@@ -27,10 +28,10 @@ export function parseName(value: unknown): string {
 export async function login(req: Request, res: Response): Promise<void> {
   const name = parseName(req.query.name);
   try {
-    // a new session ID at every login, so an ID planted before login is worthless after it (session fixation).
-    // A request that brought no stored session already holds an ID express-session drew for it just now,
-    // which nobody else has seen: only a loaded session needs a new one.
-    if (req.session.loginAt !== undefined) await settle(req.session, 'regenerate');
+    // a new session ID at every login, so an ID planted before login is worthless after it (session fixation),
+    // whatever that session held. A request that brought no stored session already holds an ID express-session
+    // drew for it just now, which nobody else has seen: only a loaded session needs a new one.
+    if (wasLoaded(req.session)) await settle(req.session, 'regenerate');
     const now = Date.now();
     req.session.user = { name };
     req.session.loginAt = now;
@@ -73,13 +74,23 @@ const noStore: RequestHandler = (_req, res, next) => {
   next();
 };
 
-function loginRateLimit(perMinute: number, store?: RateLimitStore): RequestHandler[] {
+// express-rate-limit's own warnings (a misconfiguration it detects) as log lines: (error, message), as pino takes them
+function limiterLogger(logger: Logger) {
+  const line = (level: 'warn' | 'error') => (err: unknown, message?: string) => {
+    const { code, message: detail } = (err ?? {}) as { code?: string; message?: string };
+    logger[level]({ code }, [message, detail].filter(Boolean).join(': '));
+  };
+  return { warn: line('warn'), error: line('error') };
+}
+
+function loginRateLimit(perMinute: number, logger: Logger, store?: RateLimitStore): RequestHandler[] {
   if (perMinute === 0) return [];
   return [
     rateLimit({
       windowMs: 60_000,
       limit: perMinute,
       store,
+      logger: limiterLogger(logger),
       standardHeaders: 'draft-8',
       legacyHeaders: false,
       // express-rate-limit has set Retry-After already; the error handler writes the JSON
@@ -94,7 +105,7 @@ function loginRateLimit(perMinute: number, store?: RateLimitStore): RequestHandl
  */
 export function addSessionRoutes(
   router: Router,
-  { config, store, rateLimitStore }: { config: Readonly<Config>; store: Store; rateLimitStore?: RateLimitStore },
+  { config, store, rateLimitStore, logger }: { config: Readonly<Config>; store: Store; rateLimitStore?: RateLimitStore; logger: Logger },
 ): void {
   const withSession = [
     noStore,
@@ -105,7 +116,7 @@ export function addSessionRoutes(
 
   router
     .route('/login')
-    .post(...loginRateLimit(config.loginRateLimitPerMinute, rateLimitStore), ...withSession, login)
+    .post(...loginRateLimit(config.loginRateLimitPerMinute, logger, rateLimitStore), ...withSession, login)
     .all(methodNotAllowed('POST'));
   router.route('/user').get(...withSession, showUser).all(methodNotAllowed('GET, HEAD'));
   router
