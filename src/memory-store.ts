@@ -26,6 +26,11 @@ interface Entry {
 }
 
 type Callback = (err?: unknown) => void;
+
+// a full store scans all its sessions at most this often: when sessions expire one after another (a store
+// filled by a steady stream of logins, one idle timeout later), a scan per expiry would be one per login
+const MIN_FULL_SWEEP_INTERVAL_MS = 1000;
+
 type GetCallback = (err: unknown, session?: SessionData | null) => void;
 
 /**
@@ -33,13 +38,19 @@ type GetCallback = (err: unknown, session?: SessionData | null) => void;
  * sweeps expired sessions on a timer, holds at most `max` live ones (counted by Map.size, O(1)), and refuses
  * new sessions rather than evict live ones. Sessions are kept as JSON so nobody shares an object with it.
  * Callbacks run synchronously: there is no I/O, and express-session then writes each response in one piece.
+ *
+ * The Map is kept in the order sessions were last written (a save moves its session to the end), which is the
+ * order they expire in while the idle timeout ends them: a full store frees room by dropping expired sessions
+ * from the front, O(1) per session dropped, and scans the rest only when that finds nothing, once a second at most.
  */
 export class BoundedMemoryStore extends Store {
   private readonly sessions = new Map<string, Entry>();
   private readonly timer: NodeJS.Timeout;
-  // no held session expires before this (a lower bound: touches only push expiries later), so a full store is
-  // swept only when a sweep can free something, and a login flood never turns each request into a full scan
+  // no held session expires before this (a lower bound: removals only make it earlier than the truth), so a
+  // full store is scanned only when a scan can free something
   private nextExpiryAt = Number.POSITIVE_INFINITY;
+  // when a login last made a full store scan (the timer's sweeps do not count: they come once an interval)
+  private lastFullSweepAt = Number.NEGATIVE_INFINITY;
 
   constructor(private readonly options: MemoryStoreOptions) {
     super();
@@ -76,6 +87,8 @@ export class BoundedMemoryStore extends Store {
       callback?.(new StoreFullError(Number.isFinite(retryAfterMs) ? Math.max(1, Math.ceil(retryAfterMs / 1000)) : 60));
       return;
     }
+    // to the end of the Map: the front holds the sessions written longest ago
+    if (held) this.sessions.delete(sid);
     this.sessions.set(sid, { json: JSON.stringify(sess), expiresAt });
     this.nextExpiryAt = Math.min(this.nextExpiryAt, expiresAt);
     callback?.();
@@ -133,7 +146,17 @@ export class BoundedMemoryStore extends Store {
   private isFull(): boolean {
     if (this.sessions.size < this.options.max) return false;
     const now = Date.now();
-    if (now >= this.nextExpiryAt) this.prune(now);
+    if (now < this.nextExpiryAt) return true;
+    // the sessions written longest ago are at the front: in a steady stream of logins, those are the expired ones
+    for (const [sid, entry] of this.sessions) {
+      if (entry.expiresAt > now) break;
+      this.sessions.delete(sid);
+    }
+    // something expired out of order (an absolute timeout, a renewal's shorter expiry): scan, once a second at most
+    if (this.sessions.size >= this.options.max && now - this.lastFullSweepAt >= MIN_FULL_SWEEP_INTERVAL_MS) {
+      this.lastFullSweepAt = now;
+      this.prune(now);
+    }
     return this.sessions.size >= this.options.max;
   }
 }

@@ -14,7 +14,7 @@ function problemsOf(env: Env): string[] {
 }
 
 describe('loadConfig', () => {
-  it('when nothing is set, then every default of SPEC.md applies', () => {
+  it('when nothing is set, then every documented default applies', () => {
     const config = loadConfig({});
 
     expect(config).toMatchObject({

@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto';
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -131,6 +132,12 @@ export function sessionId(cookie: Cookie): string {
   const match = /^s:([^.]+)\./.exec(value);
   if (!match?.[1]) throw new Error(`not a signed session cookie: ${cookie.value}`);
   return match[1];
+}
+
+/** a session cookie for `id`, signed with `secret` as express-session signs it: what a planted cookie looks like */
+export function signedCookieHeader(id: string, secret: string, name = 'sid'): string {
+  const signature = createHmac('sha256', secret).update(id).digest('base64').replace(/=+$/, '');
+  return `${name}=${encodeURIComponent(`s:${id}.${signature}`)}`;
 }
 
 export function cookieHeader(cookie: Cookie): string {

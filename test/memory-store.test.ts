@@ -95,6 +95,84 @@ describe('BoundedMemoryStore', () => {
     store.close();
   });
 
+  it('when a full store\'s sessions expire one after another while logins arrive, then each login takes an expired one\'s place, with no scan', () => {
+    jest.useFakeTimers({ now: 1_000_000 });
+    const store = storeWith(100);
+    try {
+      // a store filled by a steady stream of logins: one session expires every 10 ms from 1 s on
+      for (let i = 0; i < 100; i += 1) store.set(`old-${i}`, session(1000 + i * 10));
+      const scans = jest.spyOn(store, 'prune');
+      let taken = 0;
+
+      // a login just after each expiry, for a second
+      for (let i = 0; i < 100; i += 1) {
+        jest.setSystemTime(1_000_000 + 1000 + i * 10 + 5);
+        store.set(`new-${i}`, session(60_000), (err) => (err ? undefined : (taken += 1)));
+      }
+
+      expect(taken).toBe(100);
+      expect(scans).not.toHaveBeenCalled();
+      expect(storedCount(store)).toBe(100);
+    } finally {
+      store.close();
+      jest.useRealTimers();
+    }
+  });
+
+  it('when the expired sessions are not the oldest written, then a full store scans for them at most once a second', () => {
+    jest.useFakeTimers({ now: 1_000_000 });
+    const store = storeWith(101);
+    try {
+      // written first, expiring last: the front of the store is live
+      store.set('long-lived', session(3_600_000));
+      for (let i = 0; i < 100; i += 1) store.set(`old-${i}`, session(1000 + i * 10));
+      const scans = jest.spyOn(store, 'prune');
+      let taken = 0;
+
+      for (let i = 0; i < 100; i += 1) {
+        jest.setSystemTime(1_000_000 + 1000 + i * 10 + 5);
+        store.set(`new-${i}`, session(60_000), (err) => (err ? undefined : (taken += 1)));
+      }
+
+      expect(scans.mock.calls.length).toBe(1);
+      // the first login after the first expiry got its place; the others waited for the next scan
+      expect(taken).toBe(1);
+      jest.setSystemTime(1_000_000 + 2100);
+      let error: unknown = 'not called';
+      store.set('a-second-later', session(60_000), (err) => (error = err));
+      expect(error).toBeUndefined();
+      expect(scans.mock.calls.length).toBe(2);
+    } finally {
+      store.close();
+      jest.useRealTimers();
+    }
+  });
+
+  it('when a held session is saved again, then it moves behind the others, so the front stays the longest unwritten', () => {
+    jest.useFakeTimers({ now: 1_000_000 });
+    const store = storeWith(2);
+    try {
+      store.set('renewed', session(1000));
+      store.set('idle', session(2000));
+      // renewed: now it expires last
+      store.set('renewed', session(5000));
+      jest.setSystemTime(1_000_000 + 2500);
+      const scans = jest.spyOn(store, 'prune');
+      let error: unknown = 'not called';
+
+      store.set('new', session(60_000), (err) => (error = err));
+
+      expect(error).toBeUndefined();
+      // found at the front, not by a scan
+      expect(scans).not.toHaveBeenCalled();
+      expect(storedSession(store, 'renewed')).not.toBeNull();
+      expect(storedSession(store, 'idle')).toBeNull();
+    } finally {
+      store.close();
+      jest.useRealTimers();
+    }
+  });
+
   it('when the store is full, then an existing session can still be saved', () => {
     const store = storeWith(1);
     store.set('a', session(60_000, { user: { name: 'first' } }));

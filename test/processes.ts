@@ -25,21 +25,32 @@ export function installed(program: string): boolean {
 
 export interface Run {
   child: ChildProcessWithoutNullStreams;
+  /** what it printed, stdout and stderr: the first MiB */
   output: () => string;
+  /** how many bytes it printed in all */
+  bytes: () => number;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; afterMs: number }>;
 }
+
+const MAX_KEPT_OUTPUT = 2 ** 20;
 
 /** `node ARGS` in the project's folder with only PATH and `env`: a developer's own .env or shell must not leak in */
 export function spawnNode(args: string[], env: Record<string, string>): Run {
   const started = Date.now();
   const child = spawn(process.execPath, args, { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env } });
   let output = '';
-  child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  let bytes = 0;
+  // a server logging at info under load prints megabytes: count them, keep the start (where start-up speaks)
+  const keep = (chunk: Buffer) => {
+    bytes += chunk.length;
+    if (output.length < MAX_KEPT_OUTPUT) output += chunk.toString();
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; afterMs: number }>((resolve) =>
     child.on('exit', (code, signal) => resolve({ code, signal, afterMs: Date.now() - started })),
   );
-  return { child, output: () => output, exited };
+  return { child, output: () => output, bytes: () => bytes, exited };
 }
 
 /** waits for the start-up line ("Server listening at http://localhost:PORT"); resolves with its port */

@@ -1,7 +1,8 @@
 import request from 'supertest';
 import { createApp } from '../src/app';
 import { createMemoryStore } from '../src/store';
-import { cookieHeader, makeApp, sessionId, setCookies, shouldNotSetCookie, shouldSetCookie, sleep, storedCount, testConfig } from './helpers';
+import type { SessionData } from 'express-session';
+import { cookieHeader, makeApp, sessionId, setCookies, shouldNotSetCookie, shouldSetCookie, signedCookieHeader, sleep, storedCount, storedSession, testConfig } from './helpers';
 
 const STRONG = 'production-secret-of-at-least-32-characters';
 const PRODUCTION = { NODE_ENV: 'production', SESSION_SECRET: STRONG };
@@ -20,6 +21,21 @@ describe('session fixation (OWASP: renew the session ID after login)', () => {
     expect(replay.body).toEqual({ info: 'No data present in session' });
     const victim = await request(app).get('/user').set('Cookie', cookieHeader(fresh));
     expect(victim.body.data).toEqual({ name: 'victim' });
+  });
+
+  it('when a client logs in with a planted session holding pre-login state (no user yet), then it still gets a new ID', async () => {
+    const { app, config, store } = makeApp();
+    // what an app that keeps a return URL before login would have stored for the attacker's own visit
+    store.set('planted-pre-login-id', { cookie: { expires: new Date(Date.now() + 60_000), originalMaxAge: 60_000 }, returnTo: '/account' } as unknown as SessionData);
+    const planted = signedCookieHeader('planted-pre-login-id', config.secrets[0]!);
+    expect((await request(app).get('/user').set('Cookie', planted)).body).toEqual({ info: 'No data present in session' });
+
+    const login = await request(app).post('/login?name=victim').set('Cookie', planted).expect(201);
+
+    expect(sessionId(shouldSetCookie(login))).not.toBe('planted-pre-login-id');
+    expect(storedSession(store, 'planted-pre-login-id')).toBeNull();
+    const replay = await request(app).get('/user').set('Cookie', planted);
+    expect(replay.body).toEqual({ info: 'No data present in session' });
   });
 
   it('when IDs are issued, then each carries at least 128 bits of randomness and none repeats', async () => {
