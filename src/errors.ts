@@ -56,7 +56,7 @@ export function isRefusal(err: unknown): err is HttpError {
 export function handleErrors(): ErrorRequestHandler {
   return (err: unknown, _req, res, _next) => {
     if (isRefusal(err) || !(err instanceof HttpError || isClientError(err))) res.err = err as Error;
-    // the response is already on its way (a store touch failing at its end): nothing more to say to this client
+    // the response is already on its way (a save failing at its end): nothing more to say to this client
     if (res.headersSent) return;
 
     let status = 500;

@@ -94,7 +94,7 @@ export class BoundedMemoryStore extends Store {
     callback?.();
   }
 
-  // no `touch`: the idle timeout counts from the last renewal, which is a save (see renewCookie)
+  // no `touch`: the idle timeout counts from the last renewal, which is a save (see renewSession)
 
   override createSession(req: Request, sess: SessionData) {
     return markLoaded(super.createSession(req, sess));

@@ -85,7 +85,7 @@ class GuardedRedisStore extends RedisStore {
     });
   }
 
-  // the idle timeout counts from the last renewal, which is a save (see renewCookie): a touch has nothing to write
+  // the idle timeout counts from the last renewal, which is a save (see renewSession): a touch has nothing to write
   override async touch(_sid: string, _sess: SessionData, callback?: Callback) {
     callback?.(null);
   }

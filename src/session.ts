@@ -24,7 +24,7 @@ export type ExpiryRule = (sess: StoredSession) => number;
 
 /**
  * The one rule for both timeouts: a session ends at its idle expiry (the cookie's expiry as last renewed: see
- * `renewCookie`) or at login + the absolute timeout, whichever comes first. Stores use it to drop and prune
+ * `renewSession`) or at login + the absolute timeout, whichever comes first. Stores use it to drop and prune
  * sessions; `enforceTimeouts` uses it on every request.
  */
 export function createExpiryRule(config: Pick<Config, 'absoluteTimeoutSeconds'>): ExpiryRule {
@@ -45,7 +45,7 @@ export function createSessionMiddleware(config: Readonly<Config>, store: Store):
     store,
     resave: false,
     saveUninitialized: false,
-    // the cookie is sent again when the session changes: `renewCookie` makes that happen as the user is active
+    // the cookie is sent again when the session changes: `renewSession` makes that happen as the user is active
     rolling: false,
     cookie: {
       httpOnly: true,
@@ -76,11 +76,11 @@ const MAX_RENEWAL_INTERVAL_MS = 60_000;
  * Renews the session, once a tenth of the idle window (at most a minute) has passed since its last renewal,
  * instead of on every request: the session is saved with a fresh expiry and the cookie is sent again with it.
  * The idle timeout counts from the last renewal, on the server as in the browser and on both stores alike: a
- * session may end up to one interval early, never late. Stores implement no `touch`, so a request between two
- * renewals writes nothing (on Redis, a GET and no EXPIRE); signing and sending a cookie on every response cost
+ * session may end up to one interval early, never late. The stores' `touch` writes nothing, so a request between
+ * two renewals is a read (on Redis, one GET and no EXPIRE); signing and sending a cookie on every response cost
  * about 9 % of a request.
  */
-export function renewCookie(config: Pick<Config, 'idleTimeoutSeconds'>): RequestHandler {
+export function renewSession(config: Pick<Config, 'idleTimeoutSeconds'>): RequestHandler {
   const intervalMs = Math.min((config.idleTimeoutSeconds * 1000) / 10, MAX_RENEWAL_INTERVAL_MS);
   return (req, _res, next) => {
     const now = Date.now();

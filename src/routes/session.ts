@@ -5,7 +5,7 @@ import type { Store } from 'express-session';
 import type { Logger } from 'pino';
 import type { Config } from '../config';
 import { HttpError, methodNotAllowed } from '../errors';
-import { createExpiryRule, createSessionMiddleware, enforceTimeouts, renewCookie, settle, wasLoaded } from '../session';
+import { createExpiryRule, createSessionMiddleware, enforceTimeouts, renewSession, settle, wasLoaded } from '../session';
 
 export const MAX_NAME_LENGTH = 64;
 // C0 and C1 control characters, DEL included: never part of a name, and the stuff of log and header injection
@@ -111,7 +111,7 @@ export function addSessionRoutes(
     noStore,
     createSessionMiddleware(config, store),
     enforceTimeouts(createExpiryRule(config)),
-    renewCookie(config),
+    renewSession(config),
   ];
 
   router
