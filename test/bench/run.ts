@@ -306,8 +306,8 @@ async function expiringStore(server: Server): Promise<ExpiringStore> {
       loginsPerSecond: Math.round(steady.created / steadySeconds),
       refusedPerSecond: Math.round(steady.refused / steadySeconds),
       cpuUsPerLogin: cpuAtSteady !== null && cpuAfter !== null && steadyLogins > 0 ? Math.round(((cpuAfter - cpuAtSteady) * 1000) / steadyLogins) : null,
-      userP50: percentile(steady.userMs, 50),
-      userP99: percentile(steady.userMs, 99),
+      userP50: Math.round(percentile(steady.userMs, 50) * 10) / 10,
+      userP99: Math.round(percentile(steady.userMs, 99) * 10) / 10,
     },
     user: figures(user),
   };
