@@ -30,7 +30,7 @@ export function createApp({ config, store, rateLimitStore, logger = createLogger
   app.use(helmet());
   if (config.logLevel !== 'silent') app.use(requestLogger(logger));
   // before every route, 404 and 405 included: a refused request never loads or creates a session
-  app.use(crossOriginProtection(config.trustedOrigins, logger));
+  app.use(crossOriginProtection(config.trustedOrigins));
   addHealthRoutes(app.router, store, config.loginRateLimitPerMinute > 0 ? rateLimitStore : undefined);
   addSessionRoutes(app.router, { config, store, rateLimitStore, logger });
   // the page to try sessions in a browser; after the API, so API requests never look at the disk

@@ -94,9 +94,9 @@ export function loadConfig(env: Env): Readonly<Config> {
   const cookieName = readCookieName(read('SESSION_COOKIE_NAME'), cookieSecure, problems);
 
   const trustProxy = readTrustProxy(read('TRUST_PROXY'), problems);
-  if (trustProxy === true) {
+  if (trustsEveryAddress(trustProxy)) {
     const why =
-      'TRUST_PROXY=true trusts every hop, so any client can forge X-Forwarded-For and get a fresh login limit with each value: ' +
+      `TRUST_PROXY=${read('TRUST_PROXY')} trusts every hop, so any client can forge X-Forwarded-For and get a fresh login limit with each value: ` +
       'give the number of proxies in front of the server (1) or their addresses (loopback, 10.0.0.0/8)';
     (production ? problems : warnings).push(why);
   }
@@ -198,13 +198,16 @@ function readTrustedOrigins(raw: string | undefined, problems: string[]): string
   return origins;
 }
 
+// a host name (letters, digits, dots, hyphens) or a bracketed IPv6 address: no wildcard, which would never match
+const ORIGIN_HOST = /^([a-z0-9-]+(\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])$/;
+
 // the origin as a browser sends it in `Origin` (lower-case host, default port left out), or undefined
 function parseOrigin(entry: string): string | undefined {
   // nothing after the authority: URL() would accept and drop a lone "/", a "?" or a "#"
   if (!/^https?:\/\/[^/?#@\s]+$/i.test(entry)) return undefined;
   try {
     const url = new URL(entry);
-    return url.hostname === '' ? undefined : url.origin;
+    return ORIGIN_HOST.test(url.hostname) ? url.origin : undefined;
   } catch {
     return undefined;
   }
@@ -223,6 +226,11 @@ function readTrustProxy(raw: string | undefined, problems: string[]): TrustProxy
     return false;
   }
   return entries;
+}
+
+// `true`, or a list holding a /0 subnet (0.0.0.0/0, ::/0), which trusts every address the same way
+function trustsEveryAddress(trustProxy: TrustProxy): boolean {
+  return trustProxy === true || (Array.isArray(trustProxy) && trustProxy.some((entry) => /\/0+$/.test(entry)));
 }
 
 function isAddressOrSubnet(entry: string): boolean {

@@ -1,6 +1,5 @@
 import type { Request, RequestHandler } from 'express';
-import type { Logger } from 'pino';
-import { HttpError } from './errors';
+import { CrossOriginError } from './errors';
 
 // Hand-written: Express's CSRF middlewares (csrf-csrf, csrf-sync) are token schemes that would break curl and
 // Postman; this is the header rule of Go's net/http.CrossOriginProtection, which needs no token.
@@ -44,21 +43,22 @@ function sameHost(origin: string, host: string | undefined): boolean {
   }
 }
 
+// what of a header value the log keeps: a client may send kilobytes
+const MAX_LOGGED_LENGTH = 200;
+const forLog = (value: string | undefined) => value?.slice(0, MAX_LOGGED_LENGTH);
+
 /**
  * Refuses unsafe requests from pages of other origins (login CSRF, forged logouts) with 403, before any
- * session is loaded or created; mounted ahead of every route, so a new route is covered without a line.
+ * session is loaded or created; mounted ahead of every route, so a new route is covered without a line. The
+ * request's log line (a `warn`) carries the two headers' values.
  */
-export function crossOriginProtection(trustedOrigins: readonly string[], logger: Logger): RequestHandler {
+export function crossOriginProtection(trustedOrigins: readonly string[]): RequestHandler {
   const trusted = new Set(trustedOrigins);
   return (req, _res, next) => {
     if (SAFE_METHODS.has(req.method) || !isRefused(req, trusted)) {
       next();
       return;
     }
-    logger.warn(
-      { method: req.method, path: req.path, secFetchSite: req.headers['sec-fetch-site'], origin: req.headers.origin },
-      'cross-origin request refused',
-    );
-    next(new HttpError(403, 'Cross-origin request refused', { 'Cache-Control': 'no-store' }));
+    next(new CrossOriginError(forLog(req.headers['sec-fetch-site']), forLog(req.headers.origin)));
   };
 }

@@ -20,6 +20,17 @@ export class StoreUnavailableError extends HttpError {
   }
 }
 
+/** an unsafe request from a page of another origin; the two headers that decided it are kept for the log */
+export class CrossOriginError extends HttpError {
+  constructor(
+    readonly secFetchSite: string | undefined,
+    readonly origin: string | undefined,
+  ) {
+    super(403, 'Cross-origin request refused', { 'Cache-Control': 'no-store' });
+    this.name = 'CrossOriginError';
+  }
+}
+
 export const notFound: RequestHandler = () => {
   throw new HttpError(404, 'Not found');
 };
@@ -43,9 +54,9 @@ function isClientError(err: unknown): err is ClientError {
   return typeof status === 'number' && status >= 400 && status < 500;
 }
 
-/** a refusal the server means to give (429, 503): logged short, at warn, as part of its request's line */
+/** a refusal the server means to give (429, 503, a cross-origin 403): logged short, at warn, on its request's line */
 export function isRefusal(err: unknown): err is HttpError {
-  return err instanceof HttpError && (err.status === 429 || err.status >= 500);
+  return err instanceof HttpError && (err.status === 429 || err.status >= 500 || err instanceof CrossOriginError);
 }
 
 /**

@@ -49,6 +49,13 @@ function createServer(app: Express, timeouts: TimeoutOptions): Server {
   );
 }
 
+// the check Node's own handler makes, on the field it reads: a response on this connection whose head is already
+// written (a keep-alive connection whose earlier responses are complete has none, and still gets its answer)
+function responseUnderway(socket: Duplex): boolean {
+  const response = (socket as { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
+  return response?.headersSent === true;
+}
+
 // Node's own answers to what it refuses before the app sees a request, each with its status
 const REFUSALS: Readonly<Record<string, readonly [number, string]>> = {
   HPE_HEADER_OVERFLOW: [431, 'Request headers too large'],
@@ -63,7 +70,7 @@ const REFUSALS: Readonly<Record<string, readonly [number, string]>> = {
  * keeps nothing open here.
  */
 export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-  if (err.code !== 'ECONNRESET' && socket.writable && (socket as Socket).bytesWritten === 0) {
+  if (err.code !== 'ECONNRESET' && socket.writable && !responseUnderway(socket)) {
     const [status, message] = REFUSALS[err.code ?? ''] ?? [400, 'Bad request'];
     const body = JSON.stringify({ error: message });
     socket.write(

@@ -3,17 +3,20 @@ import type { RequestHandler } from 'express';
 import pino, { type Logger } from 'pino';
 import pinoHttp from 'pino-http';
 import type { Config } from './config';
-import { isRefusal, StoreUnavailableError } from './errors';
+import { CrossOriginError, isRefusal, StoreUnavailableError, type HttpError } from './errors';
 
 /** JSON lines on stdout at LOG_LEVEL */
 export function createLogger(config: Pick<Config, 'logLevel'>): Logger {
   return pino({ level: config.logLevel });
 }
 
-// a refusal's cause in a few words: why the store was unavailable, say, never a stack
-function cause(err: StoreUnavailableError): string {
+// a refusal in a few words, never a stack: why the store was unavailable, which headers a cross-origin request sent
+function refusal(err: HttpError): Record<string, unknown> {
+  const short = { type: err.name, message: err.message };
+  if (err instanceof CrossOriginError) return { ...short, secFetchSite: err.secFetchSite, origin: err.origin };
+  if (!(err instanceof StoreUnavailableError)) return short;
   const reason = err.reason as { message?: unknown } | undefined;
-  return typeof reason?.message === 'string' ? reason.message : String(err.reason);
+  return { ...short, cause: typeof reason?.message === 'string' ? reason.message : String(err.reason) };
 }
 
 /**
@@ -28,10 +31,7 @@ export function requestLogger(logger: Logger): RequestHandler {
     serializers: {
       req: (req: IncomingMessage) => ({ method: req.method, path: (req.url ?? '').split('?', 1)[0] }),
       res: (res: ServerResponse) => ({ status: res.statusCode }),
-      err: (err: Error) => {
-        if (!isRefusal(err)) return pino.stdSerializers.err(err);
-        return err instanceof StoreUnavailableError ? { type: err.name, message: err.message, cause: cause(err) } : { type: err.name, message: err.message };
-      },
+      err: (err: Error) => (isRefusal(err) ? refusal(err) : pino.stdSerializers.err(err)),
     },
     customLogLevel: (_req, res, err) => {
       if (isRefusal(res.err) && !err) return 'warn';

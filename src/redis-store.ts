@@ -56,16 +56,26 @@ function answer(callback: Callback | undefined, operation: Promise<unknown>): Pr
 type RedisClient = ReturnType<typeof createClient>;
 
 class GuardedRedisStore extends RedisStore {
+  private readonly ttlSeconds: (sess: SessionData) => number;
+
   constructor(
     private readonly redis: RedisClient,
-    private readonly ttlSeconds: (sess: SessionData) => number,
+    private readonly expiresAt: ExpiryRule,
   ) {
+    // Redis drops a session when either timeout ends it, so nothing outlives its rule in memory
+    const ttlSeconds = (sess: SessionData) => Math.ceil((expiresAt(sess) - Date.now()) / 1000);
     super({ client: redis, ttl: ttlSeconds });
+    this.ttlSeconds = ttlSeconds;
   }
 
-  // without a callback, connect-redis's methods resolve with their result or reject with the Redis error
+  // without a callback, connect-redis's methods resolve with their result or reject with the Redis error.
+  // A TTL is whole seconds, rounded up: a session Redis still holds for a moment past its end is not served (as
+  // the memory store serves none), so express-session starts no session in its place and sends no cookie
   override get(sid: string, callback?: Callback) {
-    return answer(callback, super.get(sid));
+    return answer(
+      callback,
+      super.get(sid).then((sess: SessionData | null | undefined) => (sess && this.expiresAt(sess) <= Date.now() ? null : sess)),
+    );
   }
 
   override set(sid: string, sess: SessionData, callback?: Callback) {
@@ -121,8 +131,7 @@ export function createRedisSessionStore(config: Readonly<Config>, expiresAt: Exp
     logger.warn({ err, redis: where }, 'redis connection error');
   });
 
-  // Redis drops a session when either timeout ends it, so nothing outlives its rule in memory
-  const store = new GuardedRedisStore(client, (sess) => Math.ceil((expiresAt(sess) - Date.now()) / 1000));
+  const store = new GuardedRedisStore(client, expiresAt);
 
   return {
     store,
@@ -194,7 +203,14 @@ export class RedisLoginCounter implements RateLimitStore {
         .pTTL(id)
         .exec(),
     );
-    return { totalHits: Number(hits), resetTime: new Date(Date.now() + Number(ttl)) };
+    let windowLeft = Number(ttl);
+    // a counter without an expiry would never reset (it expired between two commands on a Redis before 7.0,
+    // which did not freeze time in a transaction): give it a window again
+    if (windowLeft < 0) {
+      await withDeadline(this.redis.pExpire(id, this.windowMs));
+      windowLeft = this.windowMs;
+    }
+    return { totalHits: Number(hits), resetTime: new Date(Date.now() + windowLeft) };
   }
 
   async decrement(key: string): Promise<void> {

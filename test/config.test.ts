@@ -164,8 +164,12 @@ describe('loadConfig', () => {
       expect(loadConfig(production()).cookieSecure).toBe(true);
     });
 
-    it('when TRUST_PROXY=true (any client could forge X-Forwarded-For), then start-up stops saying what to give instead', () => {
-      expect(problemsOf(production({ TRUST_PROXY: 'true' }))).toEqual([expect.stringMatching(/^TRUST_PROXY=true trusts every hop.*hop count|number of proxies/)]);
+    it.each(['true', '0.0.0.0/0', 'loopback, ::/0'])('when TRUST_PROXY=%s (any client could forge X-Forwarded-For), then start-up stops saying what to give instead', (value) => {
+      expect(problemsOf(production({ TRUST_PROXY: value }))).toEqual([expect.stringMatching(/^TRUST_PROXY=.* trusts every hop.*number of proxies/)]);
+    });
+
+    it('when TRUST_PROXY names real subnets, then it starts', () => {
+      expect(loadConfig(production({ TRUST_PROXY: '10.0.0.0/8, 127.0.0.1/32' })).trustProxy).toEqual(['10.0.0.0/8', '127.0.0.1/32']);
     });
 
     it('when COOKIE_SECURE=false, then it starts with a warning', () => {
@@ -232,6 +236,8 @@ describe('TRUSTED_ORIGINS', () => {
     'https://app.example.com:99999',
     'null',
     '*',
+    'https://*.example.com',
+    'https://app_example.com',
   ])('when an entry is %s, then start-up stops naming TRUSTED_ORIGINS', (entry) => {
     expect(problemsOf({ TRUSTED_ORIGINS: `https://ok.example.com,${entry}` })).toEqual([expect.stringMatching(/^TRUSTED_ORIGINS must be/)]);
   });

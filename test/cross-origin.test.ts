@@ -170,17 +170,31 @@ describe('behind a reverse proxy', () => {
 });
 
 describe('the log of a refused request', () => {
-  it('when a request is refused, then one warn line names the method, path and both headers, and no cookie', async () => {
-    const { logger, lines } = capturedLogger('warn');
-    const config = testConfig({ LOG_LEVEL: 'warn' });
+  it('when a request is refused, then its one log line is a warn naming the method, path and both headers, and no cookie', async () => {
+    const { logger, lines } = capturedLogger('info');
+    const config = testConfig({ LOG_LEVEL: 'info' });
     const app = createApp({ config, store: createMemoryStore(config), logger });
 
     await send(app, 'POST', '/logout', { 'Sec-Fetch-Site': 'cross-site', Origin: 'http://evil.example' }, 'sid=s%3Asecret-value.sig').expect(403);
 
-    const refused = lines.filter((line) => line.msg === 'cross-origin request refused');
-    expect(refused).toEqual([
-      expect.objectContaining({ level: 40, method: 'POST', path: '/logout', secFetchSite: 'cross-site', origin: 'http://evil.example' }),
+    expect(lines).toEqual([
+      expect.objectContaining({
+        level: 40,
+        req: { method: 'POST', path: '/logout' },
+        res: { status: 403 },
+        err: { type: 'CrossOriginError', message: 'Cross-origin request refused', secFetchSite: 'cross-site', origin: 'http://evil.example' },
+      }),
     ]);
     expect(JSON.stringify(lines)).not.toContain('secret-value');
+  });
+
+  it('when the refused request sends kilobytes of Origin, then the log keeps 200 characters of it', async () => {
+    const { logger, lines } = capturedLogger('info');
+    const config = testConfig({ LOG_LEVEL: 'info' });
+    const app = createApp({ config, store: createMemoryStore(config), logger });
+
+    await send(app, 'POST', '/login?name=a', { Origin: `http://${'e'.repeat(8000)}.example` }).expect(403);
+
+    expect(((lines[0]?.err as { origin: string }).origin).length).toBe(200);
   });
 });

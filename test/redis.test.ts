@@ -2,7 +2,7 @@ import type { SessionData } from 'express-session';
 import pino from 'pino';
 import { createClient } from 'redis';
 import request from 'supertest';
-import type { Env } from '../src/config';
+import { DEVELOPMENT_SECRET, type Env } from '../src/config';
 import { createApp } from '../src/app';
 import { createSessionStore, type SessionStore } from '../src/store';
 import {
@@ -11,6 +11,7 @@ import {
   destroySession,
   loadSession,
   saveSession,
+  signedCookieHeader,
   freePort,
   listening,
   logoutRacingReads,
@@ -197,6 +198,35 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
 
     expect(JSON.parse((await inspector.get('sess:kept')) ?? '{}').user).toEqual({ name: 'y' });
     expect(await inspector.ttl('sess:kept')).toBeGreaterThan(55);
+  });
+
+  it('when Redis still holds a session for a moment past its end (TTLs are whole seconds), then it is not served, and no new session or cookie takes its place', async () => {
+    const { app, sessions } = await instance();
+    const now = Date.now();
+    // ends 1.2 s from now; Redis keeps the key for 2 s
+    await saveSession(sessions.store, 'ending', { cookie: { expires: new Date(now + 1200), originalMaxAge: 1200 }, user: { name: 'x' }, loginAt: now, cookieRenewedAt: now } as SessionData);
+    await sleep(1500);
+    expect(await inspector.exists('sess:ending')).toBe(1);
+    const before = (await inspector.keys('sess:*')).sort();
+
+    const res = await request(app).get('/user').set('Cookie', signedCookieHeader('ending', DEVELOPMENT_SECRET));
+
+    expect(res.body).toEqual({ info: 'No data present in session' });
+    expect(res.headers['set-cookie']).toBeUndefined();
+    expect((await inspector.keys('sess:*')).sort()).toEqual(before);
+  });
+
+  it('when a login counter has lost its expiry, then the next login gives it a window again', async () => {
+    const stale = await inspector.keys('rl:login:*');
+    if (stale.length > 0) await inspector.del(stale);
+    const { app } = await instance({ LOGIN_RATE_LIMIT_PER_MINUTE: '100' });
+    await request(app).post('/login?name=a').expect(201);
+    const [key] = await inspector.keys('rl:login:*');
+    await inspector.persist(key!);
+
+    await request(app).post('/login?name=b').expect(201);
+
+    expect(await inspector.pTTL(key!)).toBeGreaterThan(55_000);
   });
 
   it('when instances share Redis, then the login limit is one budget per client across all of them', async () => {
