@@ -446,8 +446,8 @@ function idleTimeoutScenario(kind: 'memory' | 'redis'): () => void {
 
     beforeAll(async () => {
       if (kind === 'redis') redis = await RedisServer.start();
-      // a 5 s idle timeout: the session is renewed once 0.5 s have passed since its last renewal
-      const config = testConfig({ SESSION_STORE: kind, REDIS_URL: redis?.url, SESSION_IDLE_TIMEOUT_SECONDS: '5' });
+      // a 10 s idle timeout: the session is renewed once 1 s has passed since its last renewal
+      const config = testConfig({ SESSION_STORE: kind, REDIS_URL: redis?.url, SESSION_IDLE_TIMEOUT_SECONDS: '10' });
       sessions = await createSessionStore(config, silent);
       await sessions.ready();
       app = createApp({ config, store: sessions.store });
@@ -462,18 +462,18 @@ function idleTimeoutScenario(kind: 'memory' | 'redis'): () => void {
       const early = cookieHeader(shouldSetCookie(await request(app).post('/login?name=early').expect(201)));
       const renewed = cookieHeader(shouldSetCookie(await request(app).post('/login?name=renewed').expect(201)));
 
-      await sleep(300);
+      await sleep(600);
       // within the renewal interval: nothing is written
       await request(app).get('/user').set('Cookie', early).expect(200);
-      await sleep(400);
+      await sleep(900);
       // past it: the session is renewed, and its idle timeout starts again
       await request(app).get('/user').set('Cookie', renewed).expect(200);
-      await sleep(4450);
+      await sleep(8800);
 
-      // 5.15 s after login, 4.85 s after the early use, 4.45 s after the renewal
+      // 10.3 s after login: the early session ended at 10 s, though used 9.7 s ago; the other was renewed 8.8 s ago
       expect((await request(app).get('/user').set('Cookie', early)).body).toEqual({ info: 'No data present in session' });
       expect((await request(app).get('/user').set('Cookie', renewed)).body.data).toEqual({ name: 'renewed' });
-    });
+    }, 20_000);
   };
 }
 
