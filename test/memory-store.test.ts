@@ -95,68 +95,75 @@ describe('BoundedMemoryStore', () => {
     store.close();
   });
 
-  it('when a full store\'s sessions expire one after another while logins arrive, then each login takes an expired one\'s place, with no scan', () => {
-    jest.useFakeTimers({ now: 1_000_000 });
-    const store = storeWith(100);
-    try {
-      // a store filled by a steady stream of logins: one session expires every 10 ms from 1 s on
-      for (let i = 0; i < 100; i += 1) store.set(`old-${i}`, session(1000 + i * 10));
-      const scans = jest.spyOn(store, 'prune');
-      let taken = 0;
+  const T0 = 1_000_000;
 
-      // a login just after each expiry, for a second
-      for (let i = 0; i < 100; i += 1) {
-        jest.setSystemTime(1_000_000 + 1000 + i * 10 + 5);
-        store.set(`new-${i}`, session(60_000), (err) => (err ? undefined : (taken += 1)));
-      }
+  /** `body` with jest's clock at T0 and a store of `max`; both let go of afterwards */
+  function onFakeClock(max: number, body: (store: BoundedMemoryStore) => void): void {
+    jest.useFakeTimers({ now: T0 });
+    const store = storeWith(max);
+    try {
+      body(store);
+    } finally {
+      store.close();
+      jest.useRealTimers();
+    }
+  }
+
+  // a store filled by a steady stream of logins: one session expires every 10 ms from 1 s on
+  const fillExpiringOneByOne = (store: BoundedMemoryStore) => {
+    for (let i = 0; i < 100; i += 1) store.set(`old-${i}`, session(1000 + i * 10));
+  };
+
+  /** a login just after each of those expiries, for a second: how many got a place */
+  function loginAfterEachExpiry(store: BoundedMemoryStore): number {
+    let taken = 0;
+    for (let i = 0; i < 100; i += 1) {
+      jest.setSystemTime(T0 + 1000 + i * 10 + 5);
+      store.set(`new-${i}`, session(60_000), (err) => (err ? undefined : (taken += 1)));
+    }
+    return taken;
+  }
+
+  it('when a full store\'s sessions expire one after another while logins arrive, then each login takes an expired one\'s place, with no scan', () => {
+    onFakeClock(100, (store) => {
+      fillExpiringOneByOne(store);
+      const scans = jest.spyOn(store, 'prune');
+
+      const taken = loginAfterEachExpiry(store);
 
       expect(taken).toBe(100);
       expect(scans).not.toHaveBeenCalled();
       expect(storedCount(store)).toBe(100);
-    } finally {
-      store.close();
-      jest.useRealTimers();
-    }
+    });
   });
 
   it('when the expired sessions are not the oldest written, then a full store scans for them at most once a second', () => {
-    jest.useFakeTimers({ now: 1_000_000 });
-    const store = storeWith(101);
-    try {
+    onFakeClock(101, (store) => {
       // written first, expiring last: the front of the store is live
       store.set('long-lived', session(3_600_000));
-      for (let i = 0; i < 100; i += 1) store.set(`old-${i}`, session(1000 + i * 10));
+      fillExpiringOneByOne(store);
       const scans = jest.spyOn(store, 'prune');
-      let taken = 0;
 
-      for (let i = 0; i < 100; i += 1) {
-        jest.setSystemTime(1_000_000 + 1000 + i * 10 + 5);
-        store.set(`new-${i}`, session(60_000), (err) => (err ? undefined : (taken += 1)));
-      }
+      const taken = loginAfterEachExpiry(store);
 
       expect(scans.mock.calls.length).toBe(1);
       // the first login after the first expiry got its place; the others waited for the next scan
       expect(taken).toBe(1);
-      jest.setSystemTime(1_000_000 + 2100);
+      jest.setSystemTime(T0 + 2100);
       let error: unknown = 'not called';
       store.set('a-second-later', session(60_000), (err) => (error = err));
       expect(error).toBeUndefined();
       expect(scans.mock.calls.length).toBe(2);
-    } finally {
-      store.close();
-      jest.useRealTimers();
-    }
+    });
   });
 
   it('when a held session is saved again, then it moves behind the others, so the front stays the longest unwritten', () => {
-    jest.useFakeTimers({ now: 1_000_000 });
-    const store = storeWith(2);
-    try {
+    onFakeClock(2, (store) => {
       store.set('renewed', session(1000));
       store.set('idle', session(2000));
       // renewed: now it expires last
       store.set('renewed', session(5000));
-      jest.setSystemTime(1_000_000 + 2500);
+      jest.setSystemTime(T0 + 2500);
       const scans = jest.spyOn(store, 'prune');
       let error: unknown = 'not called';
 
@@ -167,10 +174,7 @@ describe('BoundedMemoryStore', () => {
       expect(scans).not.toHaveBeenCalled();
       expect(storedSession(store, 'renewed')).not.toBeNull();
       expect(storedSession(store, 'idle')).toBeNull();
-    } finally {
-      store.close();
-      jest.useRealTimers();
-    }
+    });
   });
 
   it('when the store is full, then an existing session can still be saved', () => {
