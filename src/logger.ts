@@ -10,6 +10,18 @@ export function createLogger(config: Pick<Config, 'logLevel'>): Logger {
   return pino({ level: config.logLevel });
 }
 
+/**
+ * The app's logger for a library that logs `(error, message)` (express-rate-limit: a misconfiguration it detects,
+ * a store that failed to start): a line with the error's code and message, not a stack on stderr.
+ */
+export function libraryLogger(logger: Logger): { warn(err: unknown, message?: string): void; error(err: unknown, message?: string): void } {
+  const line = (level: 'warn' | 'error') => (err: unknown, message?: string) => {
+    const { code, message: detail } = (err ?? {}) as { code?: string; message?: string };
+    logger[level]({ code }, [message, detail].filter(Boolean).join(': '));
+  };
+  return { warn: line('warn'), error: line('error') };
+}
+
 // a refusal in a few words, never a stack: why the store was unavailable, which headers a cross-origin request sent
 function refusal(err: HttpError): Record<string, unknown> {
   const short = { type: err.name, message: err.message };

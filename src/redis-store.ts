@@ -55,17 +55,15 @@ function answer(callback: Callback | undefined, operation: Promise<unknown>): Pr
 
 type RedisClient = ReturnType<typeof createClient>;
 
-class GuardedRedisStore extends RedisStore {
-  private readonly ttlSeconds: (sess: SessionData) => number;
+// whole seconds until the rule ends a session, rounded up: Redis drops it then, so nothing outlives its rule in memory
+const secondsLeft = (expiresAt: ExpiryRule, sess: SessionData): number => Math.ceil((expiresAt(sess) - Date.now()) / 1000);
 
+class GuardedRedisStore extends RedisStore {
   constructor(
     private readonly redis: RedisClient,
     private readonly expiresAt: ExpiryRule,
   ) {
-    // Redis drops a session when either timeout ends it, so nothing outlives its rule in memory
-    const ttlSeconds = (sess: SessionData) => Math.ceil((expiresAt(sess) - Date.now()) / 1000);
-    super({ client: redis, ttl: ttlSeconds });
-    this.ttlSeconds = ttlSeconds;
+    super({ client: redis, ttl: (sess: SessionData) => secondsLeft(expiresAt, sess) });
   }
 
   // without a callback, connect-redis's methods resolve with their result or reject with the Redis error.
@@ -84,7 +82,7 @@ class GuardedRedisStore extends RedisStore {
 
   // SET XX writes only a key that still exists: a request that loaded the session before a logout cannot recreate it
   private async update(sid: string, sess: SessionData): Promise<void> {
-    const ttl = this.ttlSeconds(sess);
+    const ttl = secondsLeft(this.expiresAt, sess);
     if (ttl <= 0) {
       await this.redis.del(this.prefix + sid);
       return;

@@ -24,8 +24,9 @@ export type ExpiryRule = (sess: StoredSession) => number;
 
 /**
  * The one rule for both timeouts: a session ends at its idle expiry (the cookie's expiry as last renewed: see
- * `renewSession`) or at login + the absolute timeout, whichever comes first. Stores use it to drop and prune
- * sessions; `enforceTimeouts` uses it on every request.
+ * `renewSession`) or at login + the absolute timeout, whichever comes first. Both stores apply it when they load
+ * a session (none past it is ever served, so express-session starts no session and sends no cookie in its place)
+ * and when they write, prune or expire one.
  */
 export function createExpiryRule(config: Pick<Config, 'absoluteTimeoutSeconds'>): ExpiryRule {
   const absoluteMs = config.absoluteTimeoutSeconds * 1000;
@@ -55,18 +56,6 @@ export function createSessionMiddleware(config: Readonly<Config>, store: Store):
       maxAge: config.idleTimeoutSeconds * 1000,
     },
   });
-}
-
-/** drops a loaded session past either timeout, whatever the store's own expiry granularity */
-export function enforceTimeouts(expiresAt: ExpiryRule): RequestHandler {
-  return (req, _res, next) => {
-    if (req.session.user === undefined || expiresAt(req.session) > Date.now()) {
-      next();
-      return;
-    }
-    // regenerate, not destroy: the old one leaves the store and the request goes on with an empty session
-    settle(req.session, 'regenerate').then(() => next(), next);
-  };
 }
 
 // the session's expiry is pushed forward at most this often

@@ -2,18 +2,36 @@ import { once } from 'node:events';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import express from 'express';
 import net, { type AddressInfo } from 'node:net';
-import { answerClientError } from '../src/http-server';
+import { answerClientError, type TimeoutOptions } from '../src/http-server';
 import { makeApp, listen, sleep } from './helpers';
 
+type RawClient = net.Socket & { response(): string; ended: Promise<unknown>; received(text: string): Promise<void> };
+
 /** a raw TCP client that keeps its end open when the server closes its own (as a careless client does) */
-async function rawClient(port: number): Promise<net.Socket & { response(): string; ended: Promise<unknown> }> {
+async function rawClient(port: number): Promise<RawClient> {
   const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
   let response = '';
   socket.on('data', (chunk: Buffer) => (response += chunk.toString()));
   socket.on('error', () => {});
   const ended = Promise.race([once(socket, 'end'), once(socket, 'close')]);
+  // waits (2 s at most) until the answer so far holds `text`
+  const received = async (text: string) => {
+    for (let waited = 0; waited < 2000 && !response.includes(text); waited += 20) await sleep(20);
+  };
   await once(socket, 'connect');
-  return Object.assign(socket, { response: () => response, ended });
+  return Object.assign(socket, { response: () => response, ended, received });
+}
+
+/** `app` served on a free port and one raw client connected to it; both closed after `body`, however it ends */
+async function onRawConnection(app: Parameters<typeof listen>[0], body: (client: RawClient) => Promise<void>, timeouts: TimeoutOptions = {}): Promise<void> {
+  const server = await listen(app, timeouts);
+  const client = await rawClient(server.port);
+  try {
+    await body(client);
+  } finally {
+    client.destroy();
+    await server.close();
+  }
 }
 
 function jsonBody(response: string): unknown {
@@ -83,42 +101,30 @@ describe('the HTTP server', () => {
     });
 
     it('when a client sends its headers too slowly, then it gets Node\'s 408, in JSON', async () => {
-      const server = await listen(makeApp().app, { headersTimeout: 300, requestTimeout: 1000, connectionsCheckingInterval: 50 });
-      const client = await rawClient(server.port);
-      try {
+      await onRawConnection(makeApp().app, async (client) => {
         client.write('GET /user HTTP/1.1\r\nHost: localhost\r\n');
         await client.ended;
 
         expect(client.response()).toMatch(/^HTTP\/1\.1 408 Request Timeout\r\n/);
         expect(client.response()).toMatch(/content-type: application\/json/i);
         expect(jsonBody(client.response())).toEqual({ error: 'Request timeout' });
-      } finally {
-        client.destroy();
-        await server.close();
-      }
+      }, { headersTimeout: 300, requestTimeout: 1000, connectionsCheckingInterval: 50 });
     });
 
     it('when the headers are over 16 KB, then it gets Node\'s 431, in JSON', async () => {
-      const server = await listen(makeApp().app);
-      const client = await rawClient(server.port);
-      try {
+      await onRawConnection(makeApp().app, async (client) => {
         client.write(`GET /user HTTP/1.1\r\nHost: localhost\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
         await client.ended;
 
         expect(client.response()).toMatch(/^HTTP\/1\.1 431 /);
         expect(jsonBody(client.response())).toEqual({ error: 'Request headers too large' });
-      } finally {
-        client.destroy();
-        await server.close();
-      }
+      });
     });
 
     it('when a keep-alive connection that was answered before sends headers over 16 KB, then it still gets the 431', async () => {
-      const server = await listen(makeApp().app);
-      const client = await rawClient(server.port);
-      try {
+      await onRawConnection(makeApp().app, async (client) => {
         client.write('GET /user HTTP/1.1\r\nHost: localhost\r\n\r\n');
-        for (let waited = 0; waited < 2000 && !client.response().includes('No data present'); waited += 20) await sleep(20);
+        await client.received('No data present');
         client.write(`GET /user HTTP/1.1\r\nHost: localhost\r\nCookie: ${'a'.repeat(20_000)}\r\n\r\n`);
         await client.ended;
 
@@ -126,10 +132,7 @@ describe('the HTTP server', () => {
         expect(first).toMatch(/^HTTP\/1\.1 200 OK/);
         expect(second).toMatch(/^HTTP\/1\.1 431 /);
         expect(jsonBody(second)).toEqual({ error: 'Request headers too large' });
-      } finally {
-        client.destroy();
-        await server.close();
-      }
+      });
     });
 
     it('when the request breaks while its response is already on its way, then nothing is written into that response', async () => {
@@ -139,20 +142,15 @@ describe('the HTTP server', () => {
         res.writeHead(200, { 'Content-Length': '10' });
         res.write('12345');
       });
-      const server = await listen(slow);
-      const client = await rawClient(server.port);
-      try {
+      await onRawConnection(slow, async (client) => {
         client.write('POST /slow HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n');
-        for (let waited = 0; waited < 2000 && !client.response().includes('12345'); waited += 20) await sleep(20);
+        await client.received('12345');
         // not a chunk size: the parser fails with the response half sent
         client.write('zz\r\n');
         await client.ended;
 
         expect(client.response()).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\n12345$/);
-      } finally {
-        client.destroy();
-        await server.close();
-      }
+      });
     });
 
     describe('answerClientError on a socket of its own', () => {

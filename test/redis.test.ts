@@ -25,32 +25,46 @@ import {
 
 const silent = pino({ level: 'silent' });
 
-describeWith('redis-server', 'sessions in a real Redis', () => {
-  let redis: RedisServer;
-  let inspector: ReturnType<typeof createClient>;
+interface OwnRedis {
+  redis: RedisServer;
+  /** a client of the test's own, to look into Redis or to break it */
+  client: ReturnType<typeof createClient>;
+  /** one app instance, with a Redis client of its own, as a separate process would have */
+  instance(env?: Env): Promise<{ app: ReturnType<typeof createApp>; sessions: SessionStore }>;
+}
+
+/** a redis-server for the enclosing block alone; it, its client and every instance made on it are stopped after the block */
+function ownRedis(): OwnRedis {
   const opened: SessionStore[] = [];
+  const own = {
+    async instance(env: Env = {}) {
+      const config = testConfig({ SESSION_STORE: 'redis', REDIS_URL: own.redis.url, ...env });
+      const sessions = await createSessionStore(config, silent);
+      await sessions.ready();
+      opened.push(sessions);
+      return { app: createApp({ config, store: sessions.store, rateLimitStore: sessions.rateLimitStore?.() }), sessions };
+    },
+  } as OwnRedis;
 
   beforeAll(async () => {
-    redis = await RedisServer.start();
-    inspector = createClient({ url: redis.url });
-    inspector.on('error', () => {});
-    await inspector.connect();
+    own.redis = await RedisServer.start();
+    own.client = createClient({ url: own.redis.url });
+    own.client.on('error', () => {});
+    await own.client.connect();
   });
 
   afterAll(async () => {
     await Promise.all(opened.map((sessions) => sessions.close().catch(() => {})));
-    inspector.destroy();
-    await redis.stop();
+    own.client?.destroy();
+    await own.redis?.stop();
   });
 
-  /** one app instance, with a Redis client of its own, as a separate process would have */
-  async function instance(env: Env = {}) {
-    const config = testConfig({ SESSION_STORE: 'redis', REDIS_URL: redis.url, ...env });
-    const sessions = await createSessionStore(config, silent);
-    await sessions.ready();
-    opened.push(sessions);
-    return { app: createApp({ config, store: sessions.store, rateLimitStore: sessions.rateLimitStore?.() }), sessions };
-  }
+  return own;
+}
+
+describeWith('redis-server', 'sessions in a real Redis', () => {
+  const own = ownRedis();
+  const { instance } = own;
 
   async function login(app: Parameters<typeof request>[0], name = 'daniel') {
     const res = await request(app).post(`/login?name=${name}`).expect(201);
@@ -75,7 +89,7 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
     const { app } = await instance({ SESSION_IDLE_TIMEOUT_SECONDS: '120' });
     const { key } = await login(app);
 
-    const ttl = await inspector.ttl(key);
+    const ttl = await own.client.ttl(key);
 
     expect(ttl).toBeGreaterThan(115);
     expect(ttl).toBeLessThanOrEqual(120);
@@ -83,7 +97,7 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
 
   /** how many times Redis has run `command` since it started */
   async function calls(command: string): Promise<number> {
-    const stats = await inspector.info('commandstats');
+    const stats = await own.client.info('commandstats');
     return Number(new RegExp(`^cmdstat_${command}:calls=(\\d+)`, 'm').exec(stats)?.[1] ?? 0);
   }
 
@@ -98,19 +112,19 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
 
     expect(await calls('get')).toBe(gets + 1);
     expect(await calls('expire')).toBe(expires);
-    expect(await inspector.pTTL(key)).toBeLessThan(19_100);
+    expect(await own.client.pTTL(key)).toBeLessThan(19_100);
   });
 
   it('when the session is used after the renewal interval, then it is renewed: the TTL is the full idle timeout again', async () => {
     const { app } = await instance({ SESSION_IDLE_TIMEOUT_SECONDS: '20' });
     const { header, key } = await login(app);
     await sleep(2100);
-    const before = await inspector.pTTL(key);
+    const before = await own.client.pTTL(key);
 
     const res = await request(app).get('/user').set('Cookie', header).expect(200);
 
     expect(before).toBeLessThan(18_000);
-    expect(await inspector.pTTL(key)).toBeGreaterThan(19_000);
+    expect(await own.client.pTTL(key)).toBeGreaterThan(19_000);
     shouldSetCookie(res);
   });
 
@@ -118,7 +132,7 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
     const { app } = await instance({ SESSION_IDLE_TIMEOUT_SECONDS: '600', SESSION_ABSOLUTE_TIMEOUT_SECONDS: '30' });
     const { key } = await login(app);
 
-    const ttl = await inspector.ttl(key);
+    const ttl = await own.client.ttl(key);
 
     // -1 would be a key with no expiry at all
     expect(ttl).toBeGreaterThan(25);
@@ -131,7 +145,7 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
 
     await sleep(2100);
 
-    expect(await inspector.exists(key)).toBe(0);
+    expect(await own.client.exists(key)).toBe(0);
     expect((await request(app).get('/user').set('Cookie', header)).body).toEqual({ info: 'No data present in session' });
   });
 
@@ -167,7 +181,7 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
     expect((await request(a.app).get('/user').set('Cookie', cookie)).body).toEqual({ info: 'No data present in session' });
     const id = /s%3A([^.]+)\./.exec(cookie)?.[1];
     expect(id).toBeDefined();
-    expect(await inspector.exists(`sess:${id}`)).toBe(0);
+    expect(await own.client.exists(`sess:${id}`)).toBe(0);
   });
 
   it.each([
@@ -184,7 +198,7 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
     change(loaded);
     await saveSession(sessions.store, 'loaded', loaded);
 
-    expect(await inspector.exists('sess:loaded')).toBe(0);
+    expect(await own.client.exists('sess:loaded')).toBe(0);
   });
 
   it('when a request that loaded a session saves a change while it exists, then Redis holds the change, with its TTL', async () => {
@@ -196,8 +210,8 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
     loaded.user = { name: 'y' };
     await saveSession(sessions.store, 'kept', loaded);
 
-    expect(JSON.parse((await inspector.get('sess:kept')) ?? '{}').user).toEqual({ name: 'y' });
-    expect(await inspector.ttl('sess:kept')).toBeGreaterThan(55);
+    expect(JSON.parse((await own.client.get('sess:kept')) ?? '{}').user).toEqual({ name: 'y' });
+    expect(await own.client.ttl('sess:kept')).toBeGreaterThan(55);
   });
 
   it('when Redis still holds a session for a moment past its end (TTLs are whole seconds), then it is not served, and no new session or cookie takes its place', async () => {
@@ -206,32 +220,32 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
     // ends 1.2 s from now; Redis keeps the key for 2 s
     await saveSession(sessions.store, 'ending', { cookie: { expires: new Date(now + 1200), originalMaxAge: 1200 }, user: { name: 'x' }, loginAt: now, cookieRenewedAt: now } as SessionData);
     await sleep(1500);
-    expect(await inspector.exists('sess:ending')).toBe(1);
-    const before = (await inspector.keys('sess:*')).sort();
+    expect(await own.client.exists('sess:ending')).toBe(1);
+    const before = (await own.client.keys('sess:*')).sort();
 
     const res = await request(app).get('/user').set('Cookie', signedCookieHeader('ending', DEVELOPMENT_SECRET));
 
     expect(res.body).toEqual({ info: 'No data present in session' });
     expect(res.headers['set-cookie']).toBeUndefined();
-    expect((await inspector.keys('sess:*')).sort()).toEqual(before);
+    expect((await own.client.keys('sess:*')).sort()).toEqual(before);
   });
 
   it('when a login counter has lost its expiry, then the next login gives it a window again', async () => {
-    const stale = await inspector.keys('rl:login:*');
-    if (stale.length > 0) await inspector.del(stale);
+    const stale = await own.client.keys('rl:login:*');
+    if (stale.length > 0) await own.client.del(stale);
     const { app } = await instance({ LOGIN_RATE_LIMIT_PER_MINUTE: '100' });
     await request(app).post('/login?name=a').expect(201);
-    const [key] = await inspector.keys('rl:login:*');
-    await inspector.persist(key!);
+    const [key] = await own.client.keys('rl:login:*');
+    await own.client.persist(key!);
 
     await request(app).post('/login?name=b').expect(201);
 
-    expect(await inspector.pTTL(key!)).toBeGreaterThan(55_000);
+    expect(await own.client.pTTL(key!)).toBeGreaterThan(55_000);
   });
 
   it('when instances share Redis, then the login limit is one budget per client across all of them', async () => {
-    const stale = await inspector.keys('rl:login:*');
-    if (stale.length > 0) await inspector.del(stale);
+    const stale = await own.client.keys('rl:login:*');
+    if (stale.length > 0) await own.client.del(stale);
     const a = await instance({ LOGIN_RATE_LIMIT_PER_MINUTE: '2' });
     const b = await instance({ LOGIN_RATE_LIMIT_PER_MINUTE: '2' });
 
@@ -239,7 +253,7 @@ describeWith('redis-server', 'sessions in a real Redis', () => {
     for (const app of [a.app, b.app, a.app, b.app]) statuses.push((await request(app).post('/login?name=daniel')).status);
 
     expect(statuses).toEqual([201, 201, 429, 429]);
-    expect(await inspector.keys('rl:login:*')).toHaveLength(1);
+    expect(await own.client.keys('rl:login:*')).toHaveLength(1);
   });
 
   it('when /healthz is asked, then it answers from a real round trip', async () => {
@@ -335,36 +349,17 @@ describeWith('redis-server', 'a Redis outage', () => {
 });
 
 describeWith('redis-server', 'Redis refusing commands, and coming back', () => {
-  let redis: RedisServer;
-  let admin: ReturnType<typeof createClient>;
-  const opened: SessionStore[] = [];
-
-  beforeAll(async () => {
-    redis = await RedisServer.start();
-    admin = createClient({ url: redis.url });
-    admin.on('error', () => {});
-    await admin.connect();
-  });
+  const own = ownRedis();
 
   afterEach(async () => {
     // whatever a test broke, the next one starts with a Redis that serves everything
-    await admin.sendCommand(['ACL', 'SETUSER', 'default', 'on', 'nopass', '+@all', '~*', '&*']);
-    await admin.configSet('maxmemory', '0');
-    await admin.sendCommand(['REPLICAOF', 'NO', 'ONE']);
-  });
-
-  afterAll(async () => {
-    await Promise.all(opened.map((sessions) => sessions.close().catch(() => {})));
-    admin.destroy();
-    await redis.stop();
+    await own.client.sendCommand(['ACL', 'SETUSER', 'default', 'on', 'nopass', '+@all', '~*', '&*']);
+    await own.client.configSet('maxmemory', '0');
+    await own.client.sendCommand(['REPLICAOF', 'NO', 'ONE']);
   });
 
   async function instance(env: Env = {}) {
-    const config = testConfig({ SESSION_STORE: 'redis', REDIS_URL: redis.url, LOGIN_RATE_LIMIT_PER_MINUTE: '1000', ...env });
-    const sessions = await createSessionStore(config, silent);
-    await sessions.ready();
-    opened.push(sessions);
-    return createApp({ config, store: sessions.store, rateLimitStore: sessions.rateLimitStore?.() });
+    return (await own.instance({ LOGIN_RATE_LIMIT_PER_MINUTE: '1000', ...env })).app;
   }
 
   function shouldBeStoreUnavailable(res: request.Response): void {
@@ -379,10 +374,10 @@ describeWith('redis-server', 'Redis refusing commands, and coming back', () => {
     await request(app).post('/login?name=a').expect(201);
 
     // what a restart or a failover does to the script cache, and a reload that then fails
-    await admin.sendCommand(['SCRIPT', 'FLUSH']);
-    await admin.sendCommand(['ACL', 'SETUSER', 'default', '-script|load']);
+    await own.client.sendCommand(['SCRIPT', 'FLUSH']);
+    await own.client.sendCommand(['ACL', 'SETUSER', 'default', '-script|load']);
     const during = await request(app).post('/login?name=b');
-    await admin.sendCommand(['ACL', 'SETUSER', 'default', '+script|load']);
+    await own.client.sendCommand(['ACL', 'SETUSER', 'default', '+script|load']);
     const after = await request(app).post('/login?name=c');
 
     expect(during.status).not.toBe(500);
@@ -393,10 +388,10 @@ describeWith('redis-server', 'Redis refusing commands, and coming back', () => {
     const app = await instance();
     await request(app).post('/login?name=a').expect(201);
 
-    await admin.sendCommand(['ACL', 'SETUSER', 'default', '-incr']);
+    await own.client.sendCommand(['ACL', 'SETUSER', 'default', '-incr']);
     const refused = await request(app).post('/login?name=b');
     const unhealthy = await request(app).get('/healthz');
-    await admin.sendCommand(['ACL', 'SETUSER', 'default', '+incr']);
+    await own.client.sendCommand(['ACL', 'SETUSER', 'default', '+incr']);
     const again = await request(app).post('/login?name=c');
     const healthy = await request(app).get('/healthz');
 
@@ -407,8 +402,8 @@ describeWith('redis-server', 'Redis refusing commands, and coming back', () => {
   });
 
   it.each([
-    ['out of memory (OOM)', () => admin.configSet('maxmemory', '1')],
-    ['a replica (READONLY)', async () => admin.sendCommand(['REPLICAOF', '127.0.0.1', String(await freePort())])],
+    ['out of memory (OOM)', () => own.client.configSet('maxmemory', '1')],
+    ['a replica (READONLY)', async () => own.client.sendCommand(['REPLICAOF', '127.0.0.1', String(await freePort())])],
   ])('when Redis answers writes with an error reply, %s, then a login is the store-unavailable 503, never a 500, and recovers', async (_what, refuseWrites) => {
     // the limit off: the session's own write is the one that meets the error
     const app = await instance({ LOGIN_RATE_LIMIT_PER_MINUTE: '0' });
@@ -417,8 +412,8 @@ describeWith('redis-server', 'Redis refusing commands, and coming back', () => {
     await refuseWrites();
     const refused = await request(app).post('/login?name=b');
     const reading = await request(app).get('/user').set('Cookie', header);
-    await admin.configSet('maxmemory', '0');
-    await admin.sendCommand(['REPLICAOF', 'NO', 'ONE']);
+    await own.client.configSet('maxmemory', '0');
+    await own.client.sendCommand(['REPLICAOF', 'NO', 'ONE']);
     const again = await request(app).post('/login?name=c');
 
     shouldBeStoreUnavailable(refused);
@@ -430,7 +425,7 @@ describeWith('redis-server', 'Redis refusing commands, and coming back', () => {
   it('when the login counter meets an error reply (OOM), then the login is the store-unavailable 503', async () => {
     const app = await instance();
 
-    await admin.configSet('maxmemory', '1');
+    await own.client.configSet('maxmemory', '1');
     const refused = await request(app).post('/login?name=b');
 
     shouldBeStoreUnavailable(refused);

@@ -21,6 +21,15 @@ describe('the server process', () => {
     return run;
   };
 
+  /** the server, and a connection to it that has sent half a request head: the server is mid-request */
+  async function midRequest(): Promise<{ run: Run; socket: Awaited<ReturnType<typeof rawConnection>> }> {
+    const run = start({ APPLICATION_PORT: String(await freePort()) });
+    const socket = await rawConnection(await listening(run));
+    socket.write('GET /user HTTP/1.1\r\nHost: localhost\r\n');
+    await sleep(200);
+    return { run, socket };
+  }
+
   it('when a value is invalid, then it exits non-zero before listening, naming every bad variable', async () => {
     const run = start({ APPLICATION_PORT: 'abc', LOG_LEVEL: 'loud' });
 
@@ -72,12 +81,7 @@ describe('the server process', () => {
   });
 
   it('when a request is in flight at SIGINT, then it is answered before the process exits 0', async () => {
-    const run = start({ APPLICATION_PORT: String(await freePort()) });
-    const port = await listening(run);
-    const socket = await rawConnection(port);
-    // half a request head: the server is mid-request when the signal lands
-    socket.write('GET /user HTTP/1.1\r\nHost: localhost\r\n');
-    await sleep(200);
+    const { run, socket } = await midRequest();
 
     const signalled = Date.now();
     run.child.kill('SIGINT');
@@ -89,6 +93,21 @@ describe('the server process', () => {
     expect(socket.response()).toContain('{"info":"No data present in session"}');
     expect(code).toBe(0);
     expect(Date.now() - signalled).toBeLessThan(10_000);
+    socket.destroy();
+  });
+
+  it('when a client never finishes its request, then the grace period ends and the process still exits 0 within 10 s', async () => {
+    // never completed: the connection is busy, so nothing closes it before the grace ends
+    const { run, socket } = await midRequest();
+
+    const signalled = Date.now();
+    run.child.kill('SIGTERM');
+    const { code } = await run.exited;
+    const tookMs = Date.now() - signalled;
+
+    expect(code).toBe(0);
+    expect(tookMs).toBeGreaterThanOrEqual(7500);
+    expect(tookMs).toBeLessThan(10_000);
     socket.destroy();
   });
 

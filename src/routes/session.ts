@@ -5,7 +5,8 @@ import type { Store } from 'express-session';
 import type { Logger } from 'pino';
 import type { Config } from '../config';
 import { HttpError, methodNotAllowed } from '../errors';
-import { createExpiryRule, createSessionMiddleware, enforceTimeouts, renewSession, settle, wasLoaded } from '../session';
+import { libraryLogger } from '../logger';
+import { createSessionMiddleware, renewSession, settle, wasLoaded } from '../session';
 
 export const MAX_NAME_LENGTH = 64;
 // C0 and C1 control characters, DEL included: never part of a name, and the stuff of log and header injection
@@ -74,15 +75,6 @@ const noStore: RequestHandler = (_req, res, next) => {
   next();
 };
 
-// express-rate-limit's own warnings (a misconfiguration it detects) as log lines: (error, message), as pino takes them
-function limiterLogger(logger: Logger) {
-  const line = (level: 'warn' | 'error') => (err: unknown, message?: string) => {
-    const { code, message: detail } = (err ?? {}) as { code?: string; message?: string };
-    logger[level]({ code }, [message, detail].filter(Boolean).join(': '));
-  };
-  return { warn: line('warn'), error: line('error') };
-}
-
 function loginRateLimit(perMinute: number, logger: Logger, store?: RateLimitStore): RequestHandler[] {
   if (perMinute === 0) return [];
   return [
@@ -90,7 +82,7 @@ function loginRateLimit(perMinute: number, logger: Logger, store?: RateLimitStor
       windowMs: 60_000,
       limit: perMinute,
       store,
-      logger: limiterLogger(logger),
+      logger: libraryLogger(logger),
       standardHeaders: 'draft-8',
       legacyHeaders: false,
       // express-rate-limit has set Retry-After already; the error handler writes the JSON
@@ -101,7 +93,7 @@ function loginRateLimit(perMinute: number, logger: Logger, store?: RateLimitStor
 
 /**
  * Adds POST /login, GET /user and POST /logout to `router` (the app itself: a nested Router would cost every
- * request a layer), each with the session loaded and its timeouts enforced.
+ * request a layer), each with the session loaded (the stores serve none past its timeouts) and renewed.
  */
 export function addSessionRoutes(
   router: Router,
@@ -110,7 +102,6 @@ export function addSessionRoutes(
   const withSession = [
     noStore,
     createSessionMiddleware(config, store),
-    enforceTimeouts(createExpiryRule(config)),
     renewSession(config),
   ];
 
