@@ -1,19 +1,21 @@
 import path from 'node:path';
 import express, { type Express } from 'express';
 import type { Store as RateLimitStore } from 'express-rate-limit';
-import type { Store } from 'express-session';
 import helmet from 'helmet';
 import type { Logger } from 'pino';
 import type { Config } from './config';
 import { crossOriginProtection } from './cross-origin';
 import { handleErrors, notFound } from './errors';
 import { createLogger, requestLogger } from './logger';
+import { addAdminRoutes } from './routes/admin';
 import { addHealthRoutes } from './routes/health';
 import { addSessionRoutes } from './routes/session';
+import { addActiveSessionRoutes } from './routes/sessions';
+import type { IndexedStore } from './stores/types';
 
 export interface AppOptions {
   config: Readonly<Config>;
-  store: Store;
+  store: IndexedStore;
   /** where the login limit counts; express-rate-limit's memory store when absent */
   rateLimitStore?: RateLimitStore;
   logger?: Logger;
@@ -33,6 +35,9 @@ export function createApp({ config, store, rateLimitStore, logger = createLogger
   app.use(crossOriginProtection(config.trustedOrigins));
   addHealthRoutes(app.router, store, config.loginRateLimitPerMinute > 0 ? rateLimitStore : undefined);
   addSessionRoutes(app.router, { config, store, rateLimitStore, logger });
+  addActiveSessionRoutes(app.router, { config, store });
+  // without a token, the admin paths are unknown paths
+  if (config.adminToken !== undefined) addAdminRoutes(app.router, { adminToken: config.adminToken, store, logger });
   // the page to try sessions in a browser; after the API, so API requests never look at the disk
   app.use(express.static(path.join(__dirname, 'public'), { redirect: false }));
   app.use(notFound);

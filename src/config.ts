@@ -21,6 +21,10 @@ export interface Config {
   logLevel: LogLevel;
   /** origins (scheme://host[:port], as browsers send them) allowed to make unsafe cross-origin requests */
   trustedOrigins: string[];
+  /** sessions one user may hold; a login past it ends that user's least recently seen */
+  sessionMaxPerUser: number;
+  /** the bearer token of the admin API; undefined turns the API off */
+  adminToken: string | undefined;
   /** things worth saying at start-up that do not stop it */
   warnings: string[];
 }
@@ -31,6 +35,7 @@ export type Env = Record<string, string | undefined>;
 export const TUTORIAL_SECRET = '8unto0n4oc7903zm';
 export const DEVELOPMENT_SECRET = 'development-only-secret-never-use-in-production';
 export const MIN_PRODUCTION_SECRET_LENGTH = 32;
+export const MIN_ADMIN_TOKEN_LENGTH = 32;
 
 const LOG_LEVELS: readonly LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug'];
 const TRUST_PROXY_NAMES = ['loopback', 'linklocal', 'uniquelocal'];
@@ -111,6 +116,12 @@ export function loadConfig(env: Env): Readonly<Config> {
   const loginRateLimitPerMinute = integer('LOGIN_RATE_LIMIT_PER_MINUTE', 20, 0, 1_000_000);
   const logLevel = oneOf('LOG_LEVEL', LOG_LEVELS, 'info');
   const trustedOrigins = readTrustedOrigins(read('TRUSTED_ORIGINS'), problems);
+  const sessionMaxPerUser = integer('SESSION_MAX_PER_USER', 50, 1, 10_000);
+  const adminToken = read('ADMIN_TOKEN');
+  if (adminToken !== undefined && adminToken.length < MIN_ADMIN_TOKEN_LENGTH) {
+    const why = `ADMIN_TOKEN must be at least ${MIN_ADMIN_TOKEN_LENGTH} characters (got ${adminToken.length}): it is all that guards ending everyone's sessions`;
+    (production ? problems : warnings).push(why);
+  }
 
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze({
@@ -128,6 +139,8 @@ export function loadConfig(env: Env): Readonly<Config> {
     loginRateLimitPerMinute,
     logLevel,
     trustedOrigins,
+    sessionMaxPerUser,
+    adminToken,
     warnings,
   });
 }

@@ -1,9 +1,11 @@
+import { createHmac } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { RequestHandler } from 'express';
 import pino, { type Logger } from 'pino';
 import pinoHttp from 'pino-http';
 import type { Config } from './config';
 import { CrossOriginError, isRefusal, StoreUnavailableError, type HttpError } from './errors';
+import type { Audit } from './stores/types';
 
 /** JSON lines on stdout at LOG_LEVEL */
 export function createLogger(config: Pick<Config, 'logLevel'>): Logger {
@@ -50,4 +52,18 @@ export function requestLogger(logger: Logger): RequestHandler {
       return err || res.err || res.statusCode >= 500 ? 'error' : 'info';
     },
   });
+}
+
+/**
+ * The audit log of sessions (OWASP's logging vocabulary): an `info` line as each session starts or ends, with the
+ * user, the truncated IP, the browser and a keyed hash of the session ID, which tells one session's lines apart
+ * without giving away the ID (the key derives from the signing secret). Undefined when `info` lines are off.
+ */
+export function sessionAudit(logger: Logger, secrets: readonly string[]): Audit | undefined {
+  if (!logger.isLevelEnabled('info')) return undefined;
+  const key = createHmac('sha256', secrets[0] ?? '').update('session audit').digest();
+  return ({ event, reason, sid, user, ip, browser }) => {
+    const session = createHmac('sha256', key).update(sid).digest('base64url').slice(0, 22);
+    logger.info({ event, reason, user, ip, browser, session }, reason ? `${event}: ${reason}` : event);
+  };
 }

@@ -5,7 +5,7 @@ import { createApp } from './app';
 import { ConfigError, loadConfig } from './config';
 import { createHttpServer } from './http-server';
 import { createLogger } from './logger';
-import { createSessionStore, heapWarning } from './store';
+import { createSessionStore, heapWarning } from './stores';
 
 // in-flight requests get this long after SIGTERM/SIGINT; then their connections are cut and the process ends (the
 // store's close takes 1 s at most): within 10 s in all

@@ -11,16 +11,33 @@ declare module 'express-session' {
     user: User;
     /** when the user logged in (epoch ms): the absolute timeout counts from here */
     loginAt: number;
-    /** when the cookie was last sent with a fresh expiry (epoch ms) */
+    /** when the cookie was last sent with a fresh expiry (epoch ms): also when the session was last seen */
     cookieRenewedAt: number;
+    /** the session's public name in GET /sessions: random, so it tells nothing of the session ID */
+    handle: string;
+    /** where the login came from, as GET /sessions shows it */
+    device: Device;
   }
+}
+
+/** the little kept of a login's client: browser and OS family and major version, the IP truncated */
+export interface Device {
+  browser: string;
+  os: string;
+  ip: string;
 }
 
 /** a stored session as a store sees it: once serialised, `cookie.expires` comes back as a string */
 export type StoredSession = Pick<SessionData, 'cookie'> & Partial<Pick<SessionData, 'loginAt'>>;
 
-/** when a session is gone for good (epoch ms) */
-export type ExpiryRule = (sess: StoredSession) => number;
+export type TimeoutReason = 'idle_timeout' | 'absolute_timeout';
+
+export interface ExpiryRule {
+  /** when a session is gone for good (epoch ms) */
+  (sess: StoredSession): number;
+  /** which of the two timeouts ends it */
+  reason(sess: StoredSession): TimeoutReason;
+}
 
 /**
  * The one rule for both timeouts: a session ends at its idle expiry (the cookie's expiry as last renewed: see
@@ -30,12 +47,14 @@ export type ExpiryRule = (sess: StoredSession) => number;
  */
 export function createExpiryRule(config: Pick<Config, 'absoluteTimeoutSeconds'>): ExpiryRule {
   const absoluteMs = config.absoluteTimeoutSeconds * 1000;
-  return (sess) => {
+  const absoluteEnd = (sess: StoredSession) => (typeof sess.loginAt === 'number' ? sess.loginAt + absoluteMs : Number.POSITIVE_INFINITY);
+  const idleEnd = (sess: StoredSession) => {
     const expires = sess.cookie?.expires;
-    const idleEnd = expires ? new Date(expires).getTime() : Number.POSITIVE_INFINITY;
-    const absoluteEnd = typeof sess.loginAt === 'number' ? sess.loginAt + absoluteMs : Number.POSITIVE_INFINITY;
-    return Math.min(idleEnd, absoluteEnd);
+    return expires ? new Date(expires).getTime() : Number.POSITIVE_INFINITY;
   };
+  return Object.assign((sess: StoredSession) => Math.min(idleEnd(sess), absoluteEnd(sess)), {
+    reason: (sess: StoredSession): TimeoutReason => (absoluteEnd(sess) <= idleEnd(sess) ? 'absolute_timeout' : 'idle_timeout'),
+  });
 }
 
 /** express-session as the contract asks: a named cookie, no anonymous sessions, expiry renewed on use. */

@@ -1,6 +1,6 @@
 import request, { type Test } from 'supertest';
 import { createApp } from '../src/app';
-import { createMemoryStore } from '../src/store';
+import { createMemoryStore } from '../src/stores';
 import { capturedLogger, cookieHeader, makeApp, sessionId, shouldNotSetCookie, shouldSetCookie, storedCount, storedSession, testConfig } from './helpers';
 
 const REFUSED = { error: 'Cross-origin request refused' };

@@ -1,20 +1,24 @@
-import { Store, type SessionData } from 'express-session';
+import type { SessionData } from 'express-session';
 import pino from 'pino';
 import request from 'supertest';
 import { createApp } from '../src/app';
 import type { Env } from '../src/config';
 import { StoreUnavailableError } from '../src/errors';
-import { cookieHeader, makeApp, shouldSetCookie, testConfig } from './helpers';
+import { cookieHeader, makeApp, shouldSetCookie, testConfig, TestStore } from './helpers';
 
 type Fault = 'get' | 'set' | 'destroy' | 'touch';
 
 /** a store that holds sessions like any other, and fails the chosen operations with the chosen error */
-class FaultyStore extends Store {
+class FaultyStore extends TestStore {
   readonly sessions = new Map<string, string>();
   faults = new Set<Fault>();
 
   constructor(private readonly error: () => Error) {
     super();
+  }
+
+  protected override indexError(): Error {
+    return this.error();
   }
 
   override get(sid: string, cb: (err: unknown, sess?: SessionData | null) => void): void {
@@ -48,7 +52,7 @@ function internalError(): Error {
   return err;
 }
 
-function appWith(store: Store, env: Env = {}) {
+function appWith(store: TestStore, env: Env = {}) {
   return createApp({ config: testConfig(env), store, logger: pino({ level: 'silent' }) });
 }
 

@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Express, Request } from 'express';
-import type { Session, SessionData, Store } from 'express-session';
+import { Store, type Session, type SessionData } from 'express-session';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import newman, { type NewmanRunSummary } from 'newman';
@@ -12,8 +12,10 @@ import request, { type Response } from 'supertest';
 import { createApp } from '../src/app';
 import { createHttpServer, type TimeoutOptions } from '../src/http-server';
 import { loadConfig, type Config, type Env } from '../src/config';
-import type { BoundedMemoryStore } from '../src/memory-store';
-import { createMemoryStore } from '../src/store';
+import { StoreUnavailableError } from '../src/errors';
+import type { BoundedMemoryStore } from '../src/stores/memory';
+import type { ActiveSession, SessionIndex } from '../src/stores/types';
+import { createMemoryStore } from '../src/stores';
 import { installed, ROOT, sleep, spawnNode, type Run } from './processes';
 
 export { freePort, installed, listening, RedisServer, sleep, type Run } from './processes';
@@ -39,6 +41,25 @@ export function makeApp(env: Env = {}): TestApp {
   const store = createMemoryStore(config);
   stores.push(store);
   return { app: createApp({ config, store }), config, store };
+}
+
+/** a test's own Store, for faults: its index answers as an unreachable store does unless `indexError` says otherwise */
+export abstract class TestStore extends Store implements SessionIndex {
+  protected indexError(): Error {
+    return new StoreUnavailableError(new Error('Redis did not answer within 2000 ms'));
+  }
+  async listSessions(): Promise<ActiveSession[]> {
+    throw this.indexError();
+  }
+  async endSession(): Promise<boolean> {
+    throw this.indexError();
+  }
+  async endUserSessions(): Promise<number> {
+    throw this.indexError();
+  }
+  async endAllSessions(): Promise<number> {
+    throw this.indexError();
+  }
 }
 
 /** a logger whose JSON lines are kept, parsed, in `lines` */

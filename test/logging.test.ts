@@ -1,20 +1,20 @@
-import { Store, type SessionData } from 'express-session';
+import type { SessionData } from 'express-session';
 import request from 'supertest';
 import { createApp } from '../src/app';
 import type { Env } from '../src/config';
 import { StoreUnavailableError } from '../src/errors';
-import { createMemoryStore } from '../src/store';
-import { capturedLogger, testConfig } from './helpers';
+import { createMemoryStore } from '../src/stores';
+import { capturedLogger, testConfig, TestStore } from './helpers';
 
 /** the app at LOG_LEVEL=info with its log kept; `store` in place of the memory store when given */
-function loggedApp(env: Env = {}, store?: Store) {
+function loggedApp(env: Env = {}, store?: TestStore) {
   const config = testConfig({ LOG_LEVEL: 'info', ...env });
   const { logger, lines, raw } = capturedLogger('info');
   return { app: createApp({ config, store: store ?? createMemoryStore(config), logger }), lines, raw };
 }
 
 /** a store that cannot be reached: every read fails as the Redis store fails when Redis stalls */
-class UnreachableStore extends Store {
+class UnreachableStore extends TestStore {
   override get(_sid: string, cb: (err: unknown, sess?: SessionData | null) => void): void {
     cb(new StoreUnavailableError(new Error('Redis did not answer within 2000 ms')));
   }

@@ -2,8 +2,8 @@ import path from 'node:path';
 import request from 'supertest';
 import type { SessionData } from 'express-session';
 import { loadConfig } from '../src/config';
-import { BoundedMemoryStore, StoreFullError } from '../src/memory-store';
-import { heapWarning } from '../src/store';
+import { BoundedMemoryStore, StoreFullError } from '../src/stores/memory';
+import { heapWarning } from '../src/stores';
 import { createExpiryRule } from '../src/session';
 import { ROOT, spawnNode } from './processes';
 import { createApp } from '../src/app';
@@ -16,7 +16,7 @@ function session(expiresInMs: number, extra: Partial<SessionData> = {}): Session
 }
 
 function storeWith(max: number, pruneIntervalMs = 60_000): BoundedMemoryStore {
-  return new BoundedMemoryStore({ max, expiresAt: rule, pruneIntervalMs });
+  return new BoundedMemoryStore({ max, expiresAt: rule, pruneIntervalMs, maxPerUser: 50 });
 }
 
 describe('BoundedMemoryStore', () => {
@@ -56,7 +56,7 @@ describe('BoundedMemoryStore', () => {
   });
 
   it('when a session is past its absolute timeout, then it is never served, however fresh its cookie', () => {
-    const store = new BoundedMemoryStore({ max: 10, expiresAt: createExpiryRule({ absoluteTimeoutSeconds: 1 }), pruneIntervalMs: 60_000 });
+    const store = new BoundedMemoryStore({ max: 10, expiresAt: createExpiryRule({ absoluteTimeoutSeconds: 1 }), pruneIntervalMs: 60_000, maxPerUser: 50 });
     store.set('veteran', session(60_000, { loginAt: Date.now() - 2000 }));
 
     expect(storedSession(store, 'veteran')).toBeNull();
@@ -276,7 +276,7 @@ describe('the memory store behind the app', () => {
     const config = testConfig({ SESSION_IDLE_TIMEOUT_SECONDS: '2' });
     // reads answered on a later turn, as a store with I/O answers them: reads that loaded the session before the
     // logout then save it after (the memory store alone answers at once, and no request would overlap another)
-    const store = new DeferredReads({ max: 100, expiresAt: createExpiryRule(config), pruneIntervalMs: 60_000 });
+    const store = new DeferredReads({ max: 100, expiresAt: createExpiryRule(config), pruneIntervalMs: 60_000, maxPerUser: 50 });
     const app = createApp({ config, store });
 
     const cookie = await logoutRacingReads(app, { waitMs });

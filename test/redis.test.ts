@@ -4,7 +4,8 @@ import { createClient } from 'redis';
 import request from 'supertest';
 import { DEVELOPMENT_SECRET, type Env } from '../src/config';
 import { createApp } from '../src/app';
-import { createSessionStore, type SessionStore } from '../src/store';
+import { createSessionStore } from '../src/stores';
+import type { SessionStore } from '../src/stores/types';
 import {
   cookieHeader,
   describeWith,

@@ -1,6 +1,6 @@
 import request from 'supertest';
 import { createApp } from '../src/app';
-import { createMemoryStore } from '../src/store';
+import { createMemoryStore } from '../src/stores';
 import type { SessionData } from 'express-session';
 import { cookieHeader, makeApp, sessionId, setCookies, shouldNotSetCookie, shouldSetCookie, signedCookieHeader, sleep, storedCount, storedSession, testConfig } from './helpers';
 

@@ -1,9 +1,11 @@
+import { randomBytes } from 'node:crypto';
 import cookieParser from 'cookie-parser';
 import type { Request, RequestHandler, Response, Router } from 'express';
 import { rateLimit, type Store as RateLimitStore } from 'express-rate-limit';
 import type { Store } from 'express-session';
 import type { Logger } from 'pino';
 import type { Config } from '../config';
+import { describeDevice } from '../device';
 import { HttpError, methodNotAllowed } from '../errors';
 import { libraryLogger } from '../logger';
 import { createSessionMiddleware, renewSession, settle, wasLoaded } from '../session';
@@ -37,6 +39,9 @@ export async function login(req: Request, res: Response): Promise<void> {
     req.session.user = { name };
     req.session.loginAt = now;
     req.session.cookieRenewedAt = now;
+    // what GET /sessions shows of this session: a random handle, not derived from the ID, and its device
+    req.session.handle = randomBytes(16).toString('base64url');
+    req.session.device = describeDevice(req.get('user-agent'), req.ip);
     // saved before answering: a store that is full or down gets its error answer, not a 201 and a lost session
     await settle(req.session, 'save');
   } catch (err) {
@@ -60,20 +65,33 @@ export function logout({ cookieName, cookieSecure }: Pick<Config, 'cookieName' |
   return async (req: Request, res: Response): Promise<void> => {
     // any cookie of that name, valid or not, is cleared: the browser should not keep sending it
     const carried = req.cookies?.[cookieName] !== undefined || req.signedCookies?.[cookieName] !== undefined;
-    if (carried) {
-      await settle(req.session, 'destroy');
-      // cleared with the attributes it was set with, or the browser keeps it
-      const secure = cookieSecure === 'auto' ? req.secure : cookieSecure;
-      res.clearCookie(cookieName, { path: '/', httpOnly: true, sameSite: 'lax', secure });
-    }
+    if (carried) await endCurrentSession(req, res, { cookieName, cookieSecure });
     res.status(204).end();
   };
 }
 
-const noStore: RequestHandler = (_req, res, next) => {
+/** the request's own session destroyed and its cookie cleared: a logout */
+export async function endCurrentSession(
+  req: Request,
+  res: Response,
+  { cookieName, cookieSecure }: Pick<Config, 'cookieName' | 'cookieSecure'>,
+): Promise<void> {
+  await settle(req.session, 'destroy');
+  // cleared with the attributes it was set with, or the browser keeps it
+  const secure = cookieSecure === 'auto' ? req.secure : cookieSecure;
+  res.clearCookie(cookieName, { path: '/', httpOnly: true, sameSite: 'lax', secure });
+}
+
+export const noStore: RequestHandler = (_req, res, next) => {
   res.setHeader('Cache-Control', 'no-store');
   next();
 };
+
+/** what every route reading a session runs first: no caching, the session loaded (the stores serve none past
+ * its timeouts or ended), and renewed */
+export function withSession(config: Readonly<Config>, store: Store): RequestHandler[] {
+  return [noStore, createSessionMiddleware(config, store), renewSession(config)];
+}
 
 function loginRateLimit(perMinute: number, logger: Logger, store?: RateLimitStore): RequestHandler[] {
   if (perMinute === 0) return [];
@@ -99,19 +117,15 @@ export function addSessionRoutes(
   router: Router,
   { config, store, rateLimitStore, logger }: { config: Readonly<Config>; store: Store; rateLimitStore?: RateLimitStore; logger: Logger },
 ): void {
-  const withSession = [
-    noStore,
-    createSessionMiddleware(config, store),
-    renewSession(config),
-  ];
+  const session = withSession(config, store);
 
   router
     .route('/login')
-    .post(...loginRateLimit(config.loginRateLimitPerMinute, logger, rateLimitStore), ...withSession, login)
+    .post(...loginRateLimit(config.loginRateLimitPerMinute, logger, rateLimitStore), ...session, login)
     .all(methodNotAllowed('POST'));
-  router.route('/user').get(...withSession, showUser).all(methodNotAllowed('GET, HEAD'));
+  router.route('/user').get(...session, showUser).all(methodNotAllowed('GET, HEAD'));
   router
     .route('/logout')
-    .post(cookieParser(config.secrets), ...withSession, logout(config))
+    .post(cookieParser(config.secrets), ...session, logout(config))
     .all(methodNotAllowed('POST'));
 }

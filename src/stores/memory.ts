@@ -1,7 +1,18 @@
 import type { Request } from 'express';
 import { Store, type SessionData } from 'express-session';
-import { HttpError } from './errors';
-import { markLoaded, wasLoaded, type ExpiryRule } from './session';
+import { HttpError } from '../errors';
+import { markLoaded, wasLoaded, type ExpiryRule } from '../session';
+import {
+  activeSession,
+  byLastSeen,
+  isOwned,
+  sessionEvent,
+  type ActiveSession,
+  type Audit,
+  type EndReason,
+  type OwnedSession,
+  type SessionIndex,
+} from './types';
 
 export interface MemoryStoreOptions {
   /** most live sessions held at once */
@@ -10,6 +21,10 @@ export interface MemoryStoreOptions {
   expiresAt: ExpiryRule;
   /** how often expired sessions are swept out */
   pruneIntervalMs: number;
+  /** most sessions one user holds: a login past it ends that user's least recently seen */
+  maxPerUser: number;
+  /** told of every session that starts or ends */
+  audit?: Audit;
 }
 
 /** the store is full of live sessions: a new login must wait for some to expire */
@@ -23,6 +38,14 @@ export class StoreFullError extends HttpError {
 interface Entry {
   json: string;
   expiresAt: number;
+  /** whose session it is, when a login made it */
+  owner: Owner | undefined;
+}
+
+interface Owner {
+  user: string;
+  handle: string;
+  lastSeenAt: number;
 }
 
 type Callback = (err?: unknown) => void;
@@ -43,8 +66,10 @@ type GetCallback = (err: unknown, session?: SessionData | null) => void;
  * order they expire in while the idle timeout ends them: a full store frees room by dropping expired sessions
  * from the front, O(1) per session dropped, and scans the rest only when that finds nothing, once a second at most.
  */
-export class BoundedMemoryStore extends Store {
+export class BoundedMemoryStore extends Store implements SessionIndex {
   private readonly sessions = new Map<string, Entry>();
+  // the per-user index: user name -> handle -> session ID, changed only with `sessions`, so the two always agree
+  private readonly users = new Map<string, Map<string, string>>();
   private readonly timer: NodeJS.Timeout;
   // no held session expires before this (a lower bound: removals only make it earlier than the truth), so a
   // full store is scanned only when a scan can free something
@@ -72,7 +97,7 @@ export class BoundedMemoryStore extends Store {
   override set(sid: string, sess: SessionData, callback?: Callback): void {
     const expiresAt = this.options.expiresAt(sess);
     if (expiresAt <= Date.now()) {
-      this.sessions.delete(sid);
+      this.drop(sid, 'timeout');
       callback?.();
       return;
     }
@@ -87,11 +112,34 @@ export class BoundedMemoryStore extends Store {
       callback?.(new StoreFullError(Number.isFinite(retryAfterMs) ? Math.max(1, Math.ceil(retryAfterMs / 1000)) : 60));
       return;
     }
+    const owner = isOwned(sess) ? { user: sess.user.name, handle: sess.handle, lastSeenAt: sess.cookieRenewedAt ?? sess.loginAt } : undefined;
     // to the end of the Map: the front holds the sessions written longest ago
     if (held) this.sessions.delete(sid);
-    this.sessions.set(sid, { json: JSON.stringify(sess), expiresAt });
+    this.sessions.set(sid, { json: JSON.stringify(sess), expiresAt, owner });
     this.nextExpiryAt = Math.min(this.nextExpiryAt, expiresAt);
+    if (!held && isOwned(sess)) this.indexNew(sid, sess, expiresAt);
     callback?.();
+  }
+
+  // a login's new session joins its user's index; past the per-user cap, the least recently seen other one ends
+  private indexNew(sid: string, sess: OwnedSession, expiresAt: number): void {
+    const user = sess.user.name;
+    let handles = this.users.get(user);
+    if (!handles) {
+      handles = new Map();
+      this.users.set(user, handles);
+    }
+    handles.set(sess.handle, sid);
+    this.options.audit?.(sessionEvent('session_created', user, activeSession(sid, sess, expiresAt)));
+    while (handles.size > this.options.maxPerUser) {
+      let oldest: { sid: string; lastSeenAt: number } | undefined;
+      for (const other of handles.values()) {
+        const lastSeenAt = this.sessions.get(other)?.owner?.lastSeenAt ?? Number.NEGATIVE_INFINITY;
+        if (other !== sid && (oldest === undefined || lastSeenAt < oldest.lastSeenAt)) oldest = { sid: other, lastSeenAt };
+      }
+      if (oldest === undefined) break;
+      this.drop(oldest.sid, 'evicted');
+    }
   }
 
   // no `touch`: the idle timeout counts from the last renewal, which is a save (see renewSession)
@@ -101,7 +149,7 @@ export class BoundedMemoryStore extends Store {
   }
 
   override destroy(sid: string, callback?: Callback): void {
-    this.sessions.delete(sid);
+    this.drop(sid, 'logout');
     callback?.();
   }
 
@@ -111,8 +159,61 @@ export class BoundedMemoryStore extends Store {
 
   override clear(callback?: Callback): void {
     this.sessions.clear();
+    this.users.clear();
     callback?.();
   }
+
+  async listSessions(user: string): Promise<ActiveSession[]> {
+    const sessions: ActiveSession[] = [];
+    for (const sid of this.users.get(user)?.values() ?? []) {
+      const entry = this.live(sid);
+      const sess = entry && (JSON.parse(entry.json) as SessionData);
+      if (sess && isOwned(sess)) sessions.push(activeSession(sid, sess, entry.expiresAt));
+    }
+    return sessions.sort(byLastSeen);
+  }
+
+  async endSession(user: string, handle: string, reason: EndReason): Promise<boolean> {
+    const sid = this.users.get(user)?.get(handle);
+    return sid !== undefined && this.live(sid) !== undefined && this.drop(sid, reason);
+  }
+
+  async endUserSessions(user: string, { except, reason }: { except?: string; reason: EndReason }): Promise<number> {
+    let ended = 0;
+    for (const [handle, sid] of this.users.get(user) ?? []) {
+      if (handle !== except && this.live(sid) !== undefined && this.drop(sid, reason)) ended += 1;
+    }
+    return ended;
+  }
+
+  async endAllSessions(): Promise<number> {
+    this.prune();
+    let ended = 0;
+    for (const sid of this.sessions.keys()) if (this.drop(sid, 'revoked_by_admin')) ended += 1;
+    return ended;
+  }
+
+  /**
+   * Removes a session and its index entry, telling the audit log why it ended (for `timeout`, the rule says which
+   * one; worked out only when there is an audit log to tell); false when there was none.
+   */
+  private drop(sid: string, reason: EndReason | 'timeout'): boolean {
+    const entry = this.sessions.get(sid);
+    if (entry === undefined) return false;
+    this.sessions.delete(sid);
+    const owner = entry.owner;
+    if (owner === undefined) return true;
+    const handles = this.users.get(owner.user);
+    handles?.delete(owner.handle);
+    if (handles?.size === 0) this.users.delete(owner.user);
+    if (this.options.audit) {
+      const sess = JSON.parse(entry.json) as SessionData;
+      const why = reason === 'timeout' ? this.options.expiresAt.reason(sess) : reason;
+      if (isOwned(sess)) this.options.audit(sessionEvent('session_ended', owner.user, activeSession(sid, sess, entry.expiresAt), why));
+    }
+    return true;
+  }
+
 
   /** removes every expired session; returns how many went */
   prune(now = Date.now()): number {
@@ -120,7 +221,7 @@ export class BoundedMemoryStore extends Store {
     let nextExpiryAt = Number.POSITIVE_INFINITY;
     for (const [sid, entry] of this.sessions) {
       if (entry.expiresAt <= now) {
-        this.sessions.delete(sid);
+        this.drop(sid, 'timeout');
         removed += 1;
       } else if (entry.expiresAt < nextExpiryAt) {
         nextExpiryAt = entry.expiresAt;
@@ -137,7 +238,7 @@ export class BoundedMemoryStore extends Store {
   private live(sid: string): Entry | undefined {
     const entry = this.sessions.get(sid);
     if (entry && entry.expiresAt <= Date.now()) {
-      this.sessions.delete(sid);
+      this.drop(sid, 'timeout');
       return undefined;
     }
     return entry;
@@ -150,7 +251,7 @@ export class BoundedMemoryStore extends Store {
     // the sessions written longest ago are at the front: in a steady stream of logins, those are the expired ones
     for (const [sid, entry] of this.sessions) {
       if (entry.expiresAt > now) break;
-      this.sessions.delete(sid);
+      this.drop(sid, 'timeout');
     }
     // something expired out of order (an absolute timeout, a renewal's shorter expiry): scan, once a second at most
     if (this.sessions.size >= this.options.max && now - this.lastFullSweepAt >= MIN_FULL_SWEEP_INTERVAL_MS) {

@@ -1,20 +1,9 @@
-import type { Store as RateLimitStore } from 'express-rate-limit';
-import type { Store } from 'express-session';
 import type { Logger } from 'pino';
-import type { Config } from './config';
-import { BoundedMemoryStore } from './memory-store';
-import { createExpiryRule } from './session';
-
-export interface SessionStore {
-  /** what express-session is given */
-  store: Store;
-  /** resolves once the store can serve sessions; rejects, naming the store, when it cannot */
-  ready(): Promise<void>;
-  /** where the login limit counts, when it must be shared between instances (after ready()); else in memory */
-  rateLimitStore?(): RateLimitStore;
-  /** lets go of timers and connections */
-  close(): Promise<void>;
-}
+import type { Config } from '../config';
+import { sessionAudit } from '../logger';
+import { createExpiryRule } from '../session';
+import { BoundedMemoryStore } from './memory';
+import type { Audit, SessionStore } from './types';
 
 // sweep often enough that a full store frees up soon, but no more than once a minute
 const MAX_PRUNE_INTERVAL_MS = 60_000;
@@ -28,11 +17,12 @@ const SERVER_HEAP_BYTES = 64 * 2 ** 20;
  * instance; its packages are loaded only when chosen).
  */
 export async function createSessionStore(config: Readonly<Config>, logger: Logger): Promise<SessionStore> {
+  const audit = sessionAudit(logger, config.secrets);
   if (config.sessionStore === 'redis') {
-    const { createRedisSessionStore } = await import('./redis-store');
-    return createRedisSessionStore(config, createExpiryRule(config), logger);
+    const { createRedisSessionStore } = await import('./redis');
+    return createRedisSessionStore(config, createExpiryRule(config), logger, audit);
   }
-  const store = createMemoryStore(config);
+  const store = createMemoryStore(config, audit);
   return {
     store,
     ready: async () => {},
@@ -42,12 +32,15 @@ export async function createSessionStore(config: Readonly<Config>, logger: Logge
 
 /** the bounded memory store as SESSION_MEMORY_MAX and the timeouts configure it */
 export function createMemoryStore(
-  config: Pick<Config, 'sessionMemoryMax' | 'idleTimeoutSeconds' | 'absoluteTimeoutSeconds'>,
+  config: Pick<Config, 'sessionMemoryMax' | 'idleTimeoutSeconds' | 'absoluteTimeoutSeconds' | 'sessionMaxPerUser'>,
+  audit?: Audit,
 ): BoundedMemoryStore {
   return new BoundedMemoryStore({
     max: config.sessionMemoryMax,
     expiresAt: createExpiryRule(config),
     pruneIntervalMs: Math.min(config.idleTimeoutSeconds * 1000, MAX_PRUNE_INTERVAL_MS),
+    maxPerUser: config.sessionMaxPerUser,
+    audit,
   });
 }
 

@@ -4,10 +4,11 @@ import type { Options as RateLimitOptions, Store as RateLimitStore } from 'expre
 import type { SessionData } from 'express-session';
 import type { Logger } from 'pino';
 import { createClient } from 'redis';
-import { maskUrlPassword, type Config } from './config';
-import { StoreUnavailableError } from './errors';
-import { markLoaded, wasLoaded, type ExpiryRule } from './session';
-import type { SessionStore } from './store';
+import { maskUrlPassword, type Config } from '../config';
+import { StoreUnavailableError } from '../errors';
+import { markLoaded, wasLoaded, type ExpiryRule } from '../session';
+import { endedBy, RedisSessionIndex } from './redis-index';
+import { activeSession, isOwned, type ActiveSession, type Audit, type EndReason, type SessionIndex, type SessionStore } from './types';
 
 // a store operation that has not answered by then fails, so a stalled Redis gives a 503 well within 5 s
 const COMMAND_TIMEOUT_MS = 2000;
@@ -58,39 +59,63 @@ type RedisClient = ReturnType<typeof createClient>;
 // whole seconds until the rule ends a session, rounded up: Redis drops it then, so nothing outlives its rule in memory
 const secondsLeft = (expiresAt: ExpiryRule, sess: SessionData): number => Math.ceil((expiresAt(sess) - Date.now()) / 1000);
 
-class GuardedRedisStore extends RedisStore {
+class GuardedRedisStore extends RedisStore implements SessionIndex {
+  private readonly index: RedisSessionIndex;
+
   constructor(
     private readonly redis: RedisClient,
     private readonly expiresAt: ExpiryRule,
+    options: { absoluteTimeoutSeconds: number; maxPerUser: number; audit?: Audit },
   ) {
     super({ client: redis, ttl: (sess: SessionData) => secondsLeft(expiresAt, sess) });
+    this.index = new RedisSessionIndex(redis, (sid) => this.prefix + sid, { ...options, expiresAt });
   }
 
-  // without a callback, connect-redis's methods resolve with their result or reject with the Redis error.
-  // A TTL is whole seconds, rounded up: a session Redis still holds for a moment past its end is not served (as
-  // the memory store serves none), so express-session starts no session in its place and sends no cookie
+  // without a callback, connect-redis's methods resolve with their result or reject with the Redis error
   override get(sid: string, callback?: Callback) {
-    return answer(
-      callback,
-      super.get(sid).then((sess: SessionData | null | undefined) => (sess && this.expiresAt(sess) <= Date.now() ? null : sess)),
-    );
+    return answer(callback, this.loadLive(sid));
+  }
+
+  // A TTL is whole seconds, rounded up: a session Redis still holds for a moment past its end is not served (as
+  // the memory store serves none), so express-session starts no session in its place and sends no cookie. Nor is
+  // one its user or an operator has ended: the stamps end what the index may have missed
+  private async loadLive(sid: string): Promise<SessionData | null> {
+    const sess = (await super.get(sid)) as SessionData | null | undefined;
+    if (!sess) return null;
+    const expiresAt = this.expiresAt(sess);
+    if (expiresAt <= Date.now()) return null;
+    if (!isOwned(sess)) return sess;
+    const reason = endedBy(await this.index.stamps(sess.user.name), sess);
+    if (reason === undefined) return sess;
+    await this.index.revokeLoaded(sess.user.name, activeSession(sid, sess, expiresAt), reason);
+    return null;
   }
 
   override set(sid: string, sess: SessionData, callback?: Callback) {
-    return answer(callback, wasLoaded(sess) ? this.update(sid, sess) : super.set(sid, sess));
+    return answer(callback, wasLoaded(sess) ? this.update(sid, sess) : this.create(sid, sess));
   }
 
-  // SET XX writes only a key that still exists: a request that loaded the session before a logout cannot recreate it
+  // the session first, then its index entry: a crash between the two leaves a session the stamps still end
+  private async create(sid: string, sess: SessionData): Promise<void> {
+    await super.set(sid, sess);
+    if (isOwned(sess)) await this.index.add(sess.user.name, activeSession(sid, sess, this.expiresAt(sess)));
+  }
+
+  // SET XX writes only a key that still exists, and the index entry is written only while it is there: a request
+  // that loaded the session before it ended (a logout, a revocation, an eviction) cannot bring either back
   private async update(sid: string, sess: SessionData): Promise<void> {
     const ttl = secondsLeft(this.expiresAt, sess);
     if (ttl <= 0) {
       await this.redis.del(this.prefix + sid);
       return;
     }
-    await this.redis.set(this.prefix + sid, this.serializer.stringify(sess), {
-      expiration: { type: 'EX', value: ttl },
-      condition: 'XX',
-    });
+    await Promise.all([
+      this.redis.set(this.prefix + sid, this.serializer.stringify(sess), {
+        expiration: { type: 'EX', value: ttl },
+        condition: 'XX',
+      }),
+      isOwned(sess) ? this.index.update(sess.user.name, activeSession(sid, sess, this.expiresAt(sess))) : undefined,
+    ]);
   }
 
   // the idle timeout counts from the last renewal, which is a save (see renewSession): a touch has nothing to write
@@ -102,8 +127,32 @@ class GuardedRedisStore extends RedisStore {
     return markLoaded(super.createSession(req, sess));
   }
 
+  // a logout, or the old ID at a login: GETDEL tells whose session it was, so its index entry goes too
   override destroy(sid: string, callback?: Callback) {
-    return answer(callback, super.destroy(sid));
+    return answer(callback, this.end(sid));
+  }
+
+  private async end(sid: string): Promise<void> {
+    const raw = await this.redis.getDel(this.prefix + sid);
+    if (raw === null) return;
+    const sess = (await this.serializer.parse(raw)) as SessionData;
+    if (isOwned(sess)) await this.index.remove(sess.user.name, sess.handle, 'logout');
+  }
+
+  listSessions(user: string): Promise<ActiveSession[]> {
+    return withDeadline(this.index.list(user));
+  }
+
+  endSession(user: string, handle: string, reason: EndReason): Promise<boolean> {
+    return withDeadline(this.index.end(user, handle, reason));
+  }
+
+  endUserSessions(user: string, { except, reason }: { except?: string; reason: EndReason }): Promise<number> {
+    return withDeadline(this.index.endUser(user, except, reason));
+  }
+
+  endAllSessions(): Promise<null> {
+    return withDeadline(this.index.endAll());
   }
 }
 
@@ -111,7 +160,7 @@ class GuardedRedisStore extends RedisStore {
  * Sessions in Redis through connect-redis, shared by every instance. While Redis is away, commands fail at
  * once instead of queueing (no request hangs), and the client reconnects by itself.
  */
-export function createRedisSessionStore(config: Readonly<Config>, expiresAt: ExpiryRule, logger: Logger): SessionStore {
+export function createRedisSessionStore(config: Readonly<Config>, expiresAt: ExpiryRule, logger: Logger, audit?: Audit): SessionStore {
   const where = maskUrlPassword(config.redisUrl);
   const client = createClient({
     url: config.redisUrl,
@@ -129,7 +178,11 @@ export function createRedisSessionStore(config: Readonly<Config>, expiresAt: Exp
     logger.warn({ err, redis: where }, 'redis connection error');
   });
 
-  const store = new GuardedRedisStore(client, expiresAt);
+  const store = new GuardedRedisStore(client, expiresAt, {
+    absoluteTimeoutSeconds: config.absoluteTimeoutSeconds,
+    maxPerUser: config.sessionMaxPerUser,
+    audit,
+  });
 
   return {
     store,

@@ -1,0 +1,296 @@
+import { createHash } from 'node:crypto';
+import type { createClient } from 'redis';
+import type { ExpiryRule } from '../session';
+import { sessionEvent, byLastSeen, type ActiveSession, type Audit, type EndReason } from './types';
+
+type RedisClient = ReturnType<typeof createClient>;
+
+/**
+ * The key layout. One user's keys share a hash tag, the name's SHA-256 (whatever the name holds: braces, spaces,
+ * emoji), so they sit in one Redis Cluster slot and each change to them is one script:
+ *
+ *   sessions:{TAG}:expiry  sorted set, handle -> when the session ends (ms): expired entries are found in O(log n)
+ *   sessions:{TAG}:seen    sorted set, handle -> when it was last seen (ms): the least recently seen goes first
+ *   sessions:{TAG}:info    hash, handle -> JSON of the entry (session ID, times, browser, OS, IP)
+ *   sessions:{TAG}:ended   hash {before, except, reason}: that user's sessions started before `before` are over
+ *   sessions:ended         hash {before}: every session started before `before` is over
+ *
+ * The first three expire with the user's last session (every script that adds or renews sets their expiry), the
+ * stamps when the absolute timeout would have ended what they end: no key lives for good. Nothing depends on
+ * keyspace notifications: every script drops the expired entries it meets first.
+ */
+const GLOBAL_STAMP = 'sessions:ended';
+
+/** one user's keys, in the order the scripts take them */
+export function userKeys(user: string): [expiry: string, seen: string, info: string, ended: string] {
+  const prefix = `sessions:{${createHash('sha256').update(user).digest('base64url')}}:`;
+  return [`${prefix}expiry`, `${prefix}seen`, `${prefix}info`, `${prefix}ended`];
+}
+
+// shared by every script: KEYS are one user's four keys
+const PRELUDE = `
+local expiry, seen, info, ended = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local function remove(handle)
+  local entry = redis.call('HGET', info, handle)
+  redis.call('HDEL', info, handle)
+  redis.call('ZREM', expiry, handle)
+  redis.call('ZREM', seen, handle)
+  return entry
+end
+local function prune(now, out)
+  for _, handle in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do
+    local entry = remove(handle)
+    if entry then table.insert(out, 'timeout'); table.insert(out, entry) end
+  end
+end
+local function keep()
+  local last = redis.call('ZRANGE', expiry, -1, -1, 'WITHSCORES')
+  if last[2] then
+    for _, key in ipairs({expiry, seen, info}) do redis.call('PEXPIREAT', key, last[2]) end
+  end
+end
+`;
+
+// ARGV: now, handle, entry, expiresAt, lastSeenAt, max. Returns what ended, as (reason, entry) pairs
+const ADD = `${PRELUDE}
+local out = {}
+prune(ARGV[1], out)
+redis.call('HSET', info, ARGV[2], ARGV[3])
+redis.call('ZADD', expiry, ARGV[4], ARGV[2])
+redis.call('ZADD', seen, ARGV[5], ARGV[2])
+while redis.call('ZCARD', seen) > tonumber(ARGV[6]) do
+  local oldest = redis.call('ZRANGE', seen, 0, 1)
+  local victim = oldest[1] == ARGV[2] and oldest[2] or oldest[1]
+  table.insert(out, 'evicted'); table.insert(out, remove(victim))
+end
+keep()
+return out`;
+
+// ARGV: handle, entry, expiresAt, lastSeenAt. Only an entry still there is written: an ended session stays out
+const UPDATE = `${PRELUDE}
+if redis.call('HEXISTS', info, ARGV[1]) == 0 then return 0 end
+redis.call('HSET', info, ARGV[1], ARGV[2])
+redis.call('ZADD', expiry, 'XX', ARGV[3], ARGV[1])
+redis.call('ZADD', seen, 'XX', ARGV[4], ARGV[1])
+keep()
+return 1`;
+
+// ARGV: handle. Returns the entry removed, or nil
+const REMOVE = `${PRELUDE}
+return remove(ARGV[1])`;
+
+// every entry with what became of it: ('live', entry) or (reason, entry) for those the stamps or time have ended
+const SWEEP = `
+local function sweep(now, globalBefore, out)
+  prune(now, out)
+  local stamp = redis.call('HMGET', ended, 'before', 'except', 'reason')
+  local userBefore = tonumber(stamp[1]) or -1
+  local all = redis.call('HGETALL', info)
+  for i = 1, #all, 2 do
+    local createdAt = cjson.decode(all[i + 1]).createdAt
+    if createdAt <= globalBefore then
+      table.insert(out, 'revoked_by_admin'); table.insert(out, remove(all[i]))
+    elseif createdAt <= userBefore and all[i] ~= stamp[2] then
+      table.insert(out, stamp[3]); table.insert(out, remove(all[i]))
+    else
+      table.insert(out, 'live'); table.insert(out, all[i + 1])
+    end
+  end
+end
+`;
+
+// ARGV: now, global stamp (-1 for none)
+const LIST = `${PRELUDE}${SWEEP}
+local out = {}
+sweep(ARGV[1], tonumber(ARGV[2]), out)
+keep()
+return out`;
+
+// ARGV: now, global stamp, except ('' for none), reason, the stamp's lifetime (ms). The stamp first: whatever it
+// misses (a session written to Redis but not yet to the index) it still ends when that session is next loaded
+const END_USER = `${PRELUDE}${SWEEP}
+if (tonumber(redis.call('HGET', ended, 'before')) or -1) < tonumber(ARGV[1]) then
+  redis.call('HSET', ended, 'before', ARGV[1], 'except', ARGV[3], 'reason', ARGV[4])
+  redis.call('PEXPIRE', ended, ARGV[5])
+end
+local out = {}
+sweep(ARGV[1], tonumber(ARGV[2]), out)
+for i = 1, #out, 2 do
+  if out[i] == 'live' and cjson.decode(out[i + 1]).handle ~= ARGV[3] then
+    out[i] = ARGV[4]; remove(cjson.decode(out[i + 1]).handle)
+  end
+end
+keep()
+return out`;
+
+// ARGV: now, the stamp's lifetime (ms)
+const END_ALL = `
+if (tonumber(redis.call('HGET', KEYS[1], 'before')) or -1) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'before', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1`;
+
+interface Script {
+  text: string;
+  sha: string;
+}
+
+const script = (text: string): Script => ({ text, sha: createHash('sha1').update(text).digest('hex') });
+const SCRIPTS = { ADD, UPDATE, REMOVE, LIST, END_USER, END_ALL };
+type ScriptName = keyof typeof SCRIPTS;
+const LOADED = Object.fromEntries(Object.entries(SCRIPTS).map(([name, text]) => [name, script(text)])) as Record<ScriptName, Script>;
+
+// a stamp outlives every session it could end (the absolute timeout from its moment), with a minute for clocks
+const STAMP_MARGIN_MS = 60_000;
+
+/** the stamps a loaded session is checked against: every session started at or before `before` is over */
+export interface Stamps {
+  global: number | undefined;
+  user: { before: number; except: string; reason: EndReason } | undefined;
+}
+
+/** why the stamps end `session`, or undefined while they do not */
+export function endedBy(stamps: Stamps, session: { loginAt: number; handle: string }): EndReason | undefined {
+  if (stamps.global !== undefined && session.loginAt <= stamps.global) return 'revoked_by_admin';
+  const user = stamps.user;
+  if (user && session.loginAt <= user.before && session.handle !== user.except) return user.reason;
+  return undefined;
+}
+
+/**
+ * The per-user index in Redis, beside connect-redis's session keys (`sessionKey(sid)`), which live in other
+ * slots: each index change is one script (EVALSHA, then EVAL when Redis lost its script cache; written here rather
+ * than with the client's `scripts` option, which would retype the client for everything that uses it). Session
+ * keys are written first and deleted after, so a crash between the two leaves a session outside its index, and
+ * the stamps end it all the same.
+ */
+export class RedisSessionIndex {
+  private readonly stampLifetimeMs: number;
+
+  constructor(
+    private readonly redis: RedisClient,
+    private readonly sessionKey: (sid: string) => string,
+    private readonly options: { expiresAt: ExpiryRule; absoluteTimeoutSeconds: number; maxPerUser: number; audit?: Audit },
+  ) {
+    this.stampLifetimeMs = options.absoluteTimeoutSeconds * 1000 + STAMP_MARGIN_MS;
+  }
+
+  /** a login's session joins its user's index; past the cap, the least recently seen other one ends */
+  async add(user: string, session: ActiveSession): Promise<void> {
+    const out = await this.run('ADD', user, [Date.now(), session.handle, JSON.stringify(session), session.expiresAt, session.lastSeenAt, this.options.maxPerUser]);
+    this.options.audit?.(sessionEvent('session_created', user, session));
+    await this.ended(user, out);
+  }
+
+  /** a renewal: the entry's last-seen time and expiry, written only while the entry is there */
+  async update(user: string, session: ActiveSession): Promise<void> {
+    await this.run('UPDATE', user, [session.handle, JSON.stringify(session), session.expiresAt, session.lastSeenAt]);
+  }
+
+  /** an entry out of the index; with a reason, the audit log hears of it when it was there */
+  async remove(user: string, handle: string, reason?: EndReason): Promise<ActiveSession | undefined> {
+    const entry = await this.run('REMOVE', user, [handle]);
+    if (typeof entry !== 'string') return undefined;
+    const session = JSON.parse(entry) as ActiveSession;
+    if (reason) this.options.audit?.(sessionEvent('session_ended', user, session, reason));
+    return session;
+  }
+
+  async list(user: string): Promise<ActiveSession[]> {
+    const out = await this.run('LIST', user, [Date.now(), await this.globalStamp()]);
+    const live = await this.ended(user, out);
+    // an entry whose session key is gone (a crash between the two deletes) is no session: drop it too
+    const exists = await Promise.all(live.map((session) => this.redis.exists(this.sessionKey(session.sid))));
+    const ghosts = live.filter((_session, i) => exists[i] === 0);
+    await Promise.all(ghosts.map((ghost) => this.remove(user, ghost.handle)));
+    return live.filter((_session, i) => exists[i] !== 0).sort(byLastSeen);
+  }
+
+  async end(user: string, handle: string, reason: EndReason): Promise<boolean> {
+    const live = await this.list(user);
+    if (!live.some((session) => session.handle === handle)) return false;
+    const session = await this.remove(user, handle, reason);
+    if (session === undefined) return false;
+    await this.redis.del(this.sessionKey(session.sid));
+    return true;
+  }
+
+  async endUser(user: string, except: string | undefined, reason: EndReason): Promise<number> {
+    const out = await this.run('END_USER', user, [Date.now(), await this.globalStamp(), except ?? '', reason, this.stampLifetimeMs]);
+    const before = countOf(out, reason);
+    await this.ended(user, out);
+    return before;
+  }
+
+  async endAll(): Promise<null> {
+    await this.runOn('END_ALL', [GLOBAL_STAMP], [Date.now(), this.stampLifetimeMs]);
+    return null;
+  }
+
+  /** both stamps for a loaded session of `user`, read together */
+  async stamps(user: string): Promise<Stamps> {
+    const [global, [before, except, reason]] = await Promise.all([
+      this.globalStamp(),
+      this.redis.hmGet(userKeys(user)[3], ['before', 'except', 'reason']),
+    ]);
+    return {
+      global: global < 0 ? undefined : global,
+      user: before ? { before: Number(before), except: except ?? '', reason: (reason ?? 'revoked') as EndReason } : undefined,
+    };
+  }
+
+  /** a loaded session the stamps end: its key and entry go, and the audit log hears of it from whoever deleted it */
+  async revokeLoaded(user: string, session: ActiveSession, reason: EndReason): Promise<void> {
+    const [deleted] = await Promise.all([this.redis.del(this.sessionKey(session.sid)), this.remove(user, session.handle)]);
+    if (deleted === 1) this.options.audit?.(sessionEvent('session_ended', user, session, reason));
+  }
+
+  private async globalStamp(): Promise<number> {
+    const before = await this.redis.hGet(GLOBAL_STAMP, 'before');
+    return before ? Number(before) : -1;
+  }
+
+  // the sessions a script took out of the index: their keys deleted, each told to the audit log. Returns the live rest
+  private async ended(user: string, out: unknown): Promise<ActiveSession[]> {
+    const live: ActiveSession[] = [];
+    const gone: Promise<unknown>[] = [];
+    const pairs = Array.isArray(out) ? (out as string[]) : [];
+    for (let i = 0; i + 1 < pairs.length; i += 2) {
+      const session = JSON.parse(pairs[i + 1] ?? '{}') as ActiveSession;
+      const label = pairs[i];
+      if (label === 'live') {
+        live.push(session);
+        continue;
+      }
+      gone.push(this.redis.del(this.sessionKey(session.sid)));
+      const reason = label === 'timeout' ? this.timeoutReason(session) : (label as EndReason);
+      this.options.audit?.(sessionEvent('session_ended', user, session, reason));
+    }
+    await Promise.all(gone);
+    return live;
+  }
+
+  private timeoutReason(session: ActiveSession): EndReason {
+    // the rule on what the entry kept: it ended at its expiry, which was either login + absolute or the idle end
+    return this.options.expiresAt.reason({ loginAt: session.createdAt, cookie: { expires: new Date(session.expiresAt) } } as Parameters<ExpiryRule>[0]);
+  }
+
+  private run(name: ScriptName, user: string, args: (string | number)[]): Promise<unknown> {
+    return this.runOn(name, userKeys(user), args);
+  }
+
+  private async runOn(name: ScriptName, keys: string[], args: (string | number)[]): Promise<unknown> {
+    const { sha, text } = LOADED[name];
+    const options = { keys, arguments: args.map(String) };
+    try {
+      return await this.redis.evalSha(sha, options);
+    } catch (err) {
+      if (!(err instanceof Error && err.message.startsWith('NOSCRIPT'))) throw err;
+      return this.redis.eval(text, options);
+    }
+  }
+}
+
+const countOf = (out: unknown, label: string): number =>
+  Array.isArray(out) ? out.filter((value, i) => i % 2 === 0 && value === label).length : 0;

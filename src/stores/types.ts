@@ -1,0 +1,87 @@
+// What the stores offer the rest of the app: below both the factory and each store, so nothing imports in a circle.
+import type { Store as RateLimitStore } from 'express-rate-limit';
+import type { SessionData, Store } from 'express-session';
+import type { Device } from '../session';
+
+/** why a session ended, in the audit log's words */
+export type EndReason = 'logout' | 'revoked' | 'revoked_by_admin' | 'evicted' | 'idle_timeout' | 'absolute_timeout';
+
+/** one session in its user's index: what GET /sessions shows, and the session ID, which never leaves the server */
+export interface ActiveSession extends Device {
+  handle: string;
+  sid: string;
+  createdAt: number;
+  lastSeenAt: number;
+  expiresAt: number;
+}
+
+/** a session's start or end, for the audit log */
+export interface SessionEvent {
+  event: 'session_created' | 'session_ended';
+  reason?: EndReason;
+  sid: string;
+  user: string;
+  ip: string;
+  browser: string;
+}
+
+export type Audit = (event: SessionEvent) => void;
+
+/**
+ * The per-user index both stores keep beside their sessions, with one behaviour (test/session-index.test.ts runs
+ * the same suite against each). A session is indexed when a login saves it, kept up to date by its renewals, and
+ * leaves the index however it ends; ended sessions are gone from the store at once, and a request that loaded one
+ * before cannot write it back.
+ */
+export interface SessionIndex {
+  /** the user's live sessions, most recently seen first */
+  listSessions(user: string): Promise<ActiveSession[]>;
+  /** ends one of the user's sessions by its handle; false when the user has no such live session */
+  endSession(user: string, handle: string, reason: EndReason): Promise<boolean>;
+  /** ends every session of the user but `except` (a handle); how many live ones ended */
+  endUserSessions(user: string, options: { except?: string; reason: EndReason }): Promise<number>;
+  /** ends every session of every user; how many, when the store knows without a scan of everything, else null */
+  endAllSessions(): Promise<number | null>;
+}
+
+export type IndexedStore = Store & SessionIndex;
+
+export interface SessionStore {
+  /** what express-session is given, with the per-user index */
+  store: IndexedStore;
+  /** resolves once the store can serve sessions; rejects, naming the store, when it cannot */
+  ready(): Promise<void>;
+  /** where the login limit counts, when it must be shared between instances (after ready()); else in memory */
+  rateLimitStore?(): RateLimitStore;
+  /** lets go of timers and connections */
+  close(): Promise<void>;
+}
+
+/** a session a login made: it belongs to `user.name` and goes in that user's index */
+export type OwnedSession = SessionData & Required<Pick<SessionData, 'user' | 'handle' | 'device' | 'loginAt'>>;
+
+export function isOwned(sess: Partial<SessionData>): sess is OwnedSession {
+  return sess.user !== undefined && typeof sess.handle === 'string' && sess.device !== undefined && typeof sess.loginAt === 'number';
+}
+
+/** a session as its user's index shows it */
+export function activeSession(sid: string, sess: OwnedSession, expiresAt: number): ActiveSession {
+  return {
+    handle: sess.handle,
+    sid,
+    createdAt: sess.loginAt,
+    lastSeenAt: sess.cookieRenewedAt ?? sess.loginAt,
+    expiresAt,
+    browser: sess.device.browser,
+    os: sess.device.os,
+    ip: sess.device.ip,
+  };
+}
+
+/** the audit event for a session that starts or ends */
+export function sessionEvent(event: SessionEvent['event'], user: string, session: ActiveSession, reason?: EndReason): SessionEvent {
+  return { event, reason, sid: session.sid, user, ip: session.ip, browser: session.browser };
+}
+
+/** most recently seen first */
+export const byLastSeen = (a: ActiveSession, b: ActiveSession): number => b.lastSeenAt - a.lastSeenAt;
