@@ -1,5 +1,6 @@
+import { createHash, randomBytes } from 'node:crypto';
 import session, { type Session, type SessionData, type Store } from 'express-session';
-import type { RequestHandler } from 'express';
+import type { Request, RequestHandler } from 'express';
 import type { Config } from './config';
 
 export interface User {
@@ -57,10 +58,41 @@ export function createExpiryRule(config: Pick<Config, 'absoluteTimeoutSeconds'>)
   });
 }
 
+const TAG_LENGTH = 22;
+
+/**
+ * A user's tag: 132 bits of the SHA-256 of the name, in base64url. It names the user's keys in Redis and starts the
+ * ID of every session a login makes for them, so a store that loads a session by its ID knows whose stamps to read
+ * in the same round trip (see stores/redis-index.ts). It is no secret: the session's holder can read the name itself.
+ */
+export function userTag(name: string): string {
+  return createHash('sha256').update(name).digest('base64url').slice(0, TAG_LENGTH);
+}
+
+/** the user tag a session ID starts with; undefined for an ID made before a login */
+export function tagOf(sid: string): string | undefined {
+  return sid.length === TAG_LENGTH + 32 ? sid.slice(0, TAG_LENGTH) : undefined;
+}
+
+// the name a login is making a session for, until its new ID is drawn
+const loggingIn = new WeakMap<Request, string>();
+
+/** the next session ID drawn for this request (a login's regenerate) belongs to `name` */
+export function sessionFor(req: Request, name: string): void {
+  loggingIn.set(req, name);
+}
+
+// 192 random bits, as express-session draws them, after the user's tag when a login draws it
+function generateSessionId(req: Request): string {
+  const name = loggingIn.get(req);
+  return (name === undefined ? '' : userTag(name)) + randomBytes(24).toString('base64url');
+}
+
 /** express-session as the contract asks: a named cookie, no anonymous sessions, expiry renewed on use. */
 export function createSessionMiddleware(config: Readonly<Config>, store: Store): RequestHandler {
   return session({
     name: config.cookieName,
+    genid: generateSessionId,
     secret: config.secrets,
     store,
     resave: false,
@@ -122,6 +154,24 @@ export function wasLoaded(sess: object): boolean {
 export function settle(sess: Session, method: 'regenerate' | 'save' | 'destroy'): Promise<void> {
   return new Promise((resolve, reject) => {
     sess[method]((err: unknown) => (err ? reject(err) : resolve()));
+  });
+}
+
+/**
+ * Saves a session a login has just regenerated, now, so a store that cannot take it gets its error answer; and
+ * makes express-session's own save at the end of the request a no-op: it compares with the ID the request came
+ * with, cannot tell that the regenerated session was saved, and would write it (and index it) a second time.
+ */
+export async function saveLogin(sess: Session): Promise<void> {
+  await settle(sess, 'save');
+  Object.defineProperty(sess, 'save', {
+    configurable: true,
+    enumerable: false,
+    writable: true,
+    value: (callback?: (err?: unknown) => void) => {
+      callback?.();
+      return sess;
+    },
   });
 }
 

@@ -8,7 +8,7 @@ import type { Config } from '../config';
 import { describeDevice } from '../device';
 import { HttpError, methodNotAllowed } from '../errors';
 import { libraryLogger } from '../logger';
-import { createSessionMiddleware, renewSession, settle, wasLoaded } from '../session';
+import { createSessionMiddleware, renewSession, saveLogin, sessionFor, settle } from '../session';
 
 export const MAX_NAME_LENGTH = 64;
 // C0 and C1 control characters, DEL included: never part of a name, and the stuff of log and header injection
@@ -32,9 +32,9 @@ export async function login(req: Request, res: Response): Promise<void> {
   const name = parseName(req.query.name);
   try {
     // a new session ID at every login, so an ID planted before login is worthless after it (session fixation),
-    // whatever that session held. A request that brought no stored session already holds an ID express-session
-    // drew for it just now, which nobody else has seen: only a loaded session needs a new one.
-    if (wasLoaded(req.session)) await settle(req.session, 'regenerate');
+    // whatever that session held; the new one starts with the user's tag (see userTag)
+    sessionFor(req, name);
+    await settle(req.session, 'regenerate');
     const now = Date.now();
     req.session.user = { name };
     req.session.loginAt = now;
@@ -43,7 +43,7 @@ export async function login(req: Request, res: Response): Promise<void> {
     req.session.handle = randomBytes(16).toString('base64url');
     req.session.device = describeDevice(req.get('user-agent'), req.ip);
     // saved before answering: a store that is full or down gets its error answer, not a 201 and a lost session
-    await settle(req.session, 'save');
+    await saveLogin(req.session);
   } catch (err) {
     // nothing usable was stored: without a session, express-session sends no cookie and saves nothing at the end
     Reflect.deleteProperty(req, 'session');

@@ -1,13 +1,13 @@
 import { createHash } from 'node:crypto';
 import type { createClient } from 'redis';
-import type { ExpiryRule } from '../session';
+import { userTag, type ExpiryRule } from '../session';
 import { sessionEvent, byLastSeen, type ActiveSession, type Audit, type EndReason } from './types';
 
 type RedisClient = ReturnType<typeof createClient>;
 
 /**
- * The key layout. One user's keys share a hash tag, the name's SHA-256 (whatever the name holds: braces, spaces,
- * emoji), so they sit in one Redis Cluster slot and each change to them is one script:
+ * The key layout. One user's keys share a hash tag, the user's tag (132 bits of the name's SHA-256, whatever the
+ * name holds: braces, spaces, emoji), so they sit in one Redis Cluster slot and each change to them is one script:
  *
  *   sessions:{TAG}:expiry  sorted set, handle -> when the session ends (ms): expired entries are found in O(log n)
  *   sessions:{TAG}:seen    sorted set, handle -> when it was last seen (ms): the least recently seen goes first
@@ -21,11 +21,13 @@ type RedisClient = ReturnType<typeof createClient>;
  */
 const GLOBAL_STAMP = 'sessions:ended';
 
-/** one user's keys, in the order the scripts take them */
-export function userKeys(user: string): [expiry: string, seen: string, info: string, ended: string] {
-  const prefix = `sessions:{${createHash('sha256').update(user).digest('base64url')}}:`;
+/** one user's keys, in the order the scripts take them, by the user's tag */
+export function tagKeys(tag: string): [expiry: string, seen: string, info: string, ended: string] {
+  const prefix = `sessions:{${tag}}:`;
   return [`${prefix}expiry`, `${prefix}seen`, `${prefix}info`, `${prefix}ended`];
 }
+
+export const userKeys = (user: string) => tagKeys(userTag(user));
 
 // shared by every script: KEYS are one user's four keys
 const PRELUDE = `
@@ -228,11 +230,11 @@ export class RedisSessionIndex {
     return null;
   }
 
-  /** both stamps for a loaded session of `user`, read together */
-  async stamps(user: string): Promise<Stamps> {
+  /** both stamps for a session of the user with this tag, read together (and with the session, by the caller) */
+  async stamps(tag: string): Promise<Stamps> {
     const [global, [before, except, reason]] = await Promise.all([
       this.globalStamp(),
-      this.redis.hmGet(userKeys(user)[3], ['before', 'except', 'reason']),
+      this.redis.hmGet(tagKeys(tag)[3], ['before', 'except', 'reason']),
     ]);
     return {
       global: global < 0 ? undefined : global,

@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { createClient } from 'redis';
 import { maskUrlPassword, type Config } from '../config';
 import { StoreUnavailableError } from '../errors';
-import { markLoaded, wasLoaded, type ExpiryRule } from '../session';
+import { markLoaded, tagOf, userTag, wasLoaded, type ExpiryRule } from '../session';
 import { endedBy, RedisSessionIndex } from './redis-index';
 import { activeSession, isOwned, type ActiveSession, type Audit, type EndReason, type SessionIndex, type SessionStore } from './types';
 
@@ -78,16 +78,20 @@ class GuardedRedisStore extends RedisStore implements SessionIndex {
 
   // A TTL is whole seconds, rounded up: a session Redis still holds for a moment past its end is not served (as
   // the memory store serves none), so express-session starts no session in its place and sends no cookie. Nor is
-  // one its user or an operator has ended: the stamps end what the index may have missed
+  // one its user or an operator has ended: the stamps end what the index may have missed. A login's session ID
+  // starts with its user's tag, so the stamps are read with the session, in the same round trip
   private async loadLive(sid: string): Promise<SessionData | null> {
-    const sess = (await super.get(sid)) as SessionData | null | undefined;
+    const tag = tagOf(sid);
+    const [sess, early] = await Promise.all([super.get(sid) as Promise<SessionData | null | undefined>, tag ? this.index.stamps(tag) : undefined]);
     if (!sess) return null;
     const expiresAt = this.expiresAt(sess);
     if (expiresAt <= Date.now()) return null;
     if (!isOwned(sess)) return sess;
-    const reason = endedBy(await this.index.stamps(sess.user.name), sess);
+    const user = sess.user.name;
+    const stamps = early && tag === userTag(user) ? early : await this.index.stamps(userTag(user));
+    const reason = endedBy(stamps, sess);
     if (reason === undefined) return sess;
-    await this.index.revokeLoaded(sess.user.name, activeSession(sid, sess, expiresAt), reason);
+    await this.index.revokeLoaded(user, activeSession(sid, sess, expiresAt), reason);
     return null;
   }
 
@@ -125,6 +129,16 @@ class GuardedRedisStore extends RedisStore implements SessionIndex {
 
   override createSession(req: Request, sess: SessionData) {
     return markLoaded(super.createSession(req, sess));
+  }
+
+  // a session made in this request was never stored: a login draws its new ID without a delete first
+  override regenerate(req: Request, callback: (err?: unknown) => void) {
+    if (wasLoaded(req.session)) {
+      super.regenerate(req, callback);
+      return;
+    }
+    (this as unknown as { generate(req: Request): void }).generate(req);
+    callback();
   }
 
   // a logout, or the old ID at a login: GETDEL tells whose session it was, so its index entry goes too

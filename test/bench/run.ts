@@ -213,7 +213,8 @@ async function flood(server: Server, sessionMemoryMax: number | null, logLevel =
   let rssPeakMb = rssBeforeMb;
   const sampler = setInterval(() => (rssPeakMb = Math.max(rssPeakMb, rssMb(pid))), 250);
   const [logins, user] = await Promise.all([
-    autocannon({ url: `${server.url}/login?name=flood`, method: 'POST', headers: server.headers, connections: CONNECTIONS, duration: FLOOD_SECONDS }),
+    // a name per login, so the flood fills the store (and the per-user index) rather than one user's 50 sessions
+    autocannon({ url: `${server.url}/login?name=flood-[<id>]`, idReplacement: true, method: 'POST', headers: server.headers, connections: CONNECTIONS, duration: FLOOD_SECONDS }),
     autocannon({ url: `${server.url}/user`, headers: { ...server.headers, cookie }, connections: 1, overallRate: 20, duration: FLOOD_SECONDS }),
   ]);
   clearInterval(sampler);
