@@ -12,14 +12,14 @@ type RedisClient = ReturnType<typeof createClient>;
  *   sessions:{TAG}:expiry  sorted set, handle -> when the session ends (ms): expired entries are found in O(log n)
  *   sessions:{TAG}:seen    sorted set, handle -> when it was last seen (ms): the least recently seen goes first
  *   sessions:{TAG}:info    hash, handle -> JSON of the entry (session ID, times, browser, OS, IP)
- *   sessions:{TAG}:ended   hash {before, except, reason}: that user's sessions started before `before` are over
- *   sessions:ended         hash {before}: every session started before `before` is over
+ *   sessions:{TAG}:ended   JSON {before, except, reason}: that user's sessions started by `before` are over, but `except`
+ *   sessions:ended         a time (ms): every session started by then is over
  *
  * The first three expire with the user's last session (every script that adds or renews sets their expiry), the
  * stamps when the absolute timeout would have ended what they end: no key lives for good. Nothing depends on
  * keyspace notifications: every script drops the expired entries it meets first.
  */
-const GLOBAL_STAMP = 'sessions:ended';
+export const GLOBAL_STAMP = 'sessions:ended';
 
 /** one user's keys, in the order the scripts take them, by the user's tag */
 export function tagKeys(tag: string): [expiry: string, seen: string, info: string, ended: string] {
@@ -85,15 +85,15 @@ return remove(ARGV[1])`;
 const SWEEP = `
 local function sweep(now, globalBefore, out)
   prune(now, out)
-  local stamp = redis.call('HMGET', ended, 'before', 'except', 'reason')
-  local userBefore = tonumber(stamp[1]) or -1
+  local raw = redis.call('GET', ended)
+  local stamp = raw and cjson.decode(raw) or { before = -1, except = '', reason = '' }
   local all = redis.call('HGETALL', info)
   for i = 1, #all, 2 do
     local createdAt = cjson.decode(all[i + 1]).createdAt
     if createdAt <= globalBefore then
       table.insert(out, 'revoked_by_admin'); table.insert(out, remove(all[i]))
-    elseif createdAt <= userBefore and all[i] ~= stamp[2] then
-      table.insert(out, stamp[3]); table.insert(out, remove(all[i]))
+    elseif createdAt <= stamp.before and all[i] ~= stamp.except then
+      table.insert(out, stamp.reason); table.insert(out, remove(all[i]))
     else
       table.insert(out, 'live'); table.insert(out, all[i + 1])
     end
@@ -111,9 +111,9 @@ return out`;
 // ARGV: now, global stamp, except ('' for none), reason, the stamp's lifetime (ms). The stamp first: whatever it
 // misses (a session written to Redis but not yet to the index) it still ends when that session is next loaded
 const END_USER = `${PRELUDE}${SWEEP}
-if (tonumber(redis.call('HGET', ended, 'before')) or -1) < tonumber(ARGV[1]) then
-  redis.call('HSET', ended, 'before', ARGV[1], 'except', ARGV[3], 'reason', ARGV[4])
-  redis.call('PEXPIRE', ended, ARGV[5])
+local raw = redis.call('GET', ended)
+if (raw and cjson.decode(raw).before or -1) < tonumber(ARGV[1]) then
+  redis.call('SET', ended, cjson.encode({ before = tonumber(ARGV[1]), except = ARGV[3], reason = ARGV[4] }), 'PX', ARGV[5])
 end
 local out = {}
 sweep(ARGV[1], tonumber(ARGV[2]), out)
@@ -127,9 +127,8 @@ return out`;
 
 // ARGV: now, the stamp's lifetime (ms)
 const END_ALL = `
-if (tonumber(redis.call('HGET', KEYS[1], 'before')) or -1) < tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'before', ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if (tonumber(redis.call('GET', KEYS[1])) or -1) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
 return 1`;
 
@@ -150,6 +149,14 @@ const STAMP_MARGIN_MS = 60_000;
 export interface Stamps {
   global: number | undefined;
   user: { before: number; except: string; reason: EndReason } | undefined;
+}
+
+/** the stamps as Redis holds them (GLOBAL_STAMP and the user's `ended` key) */
+export function parseStamps(global: string | null, user: string | null): Stamps {
+  return {
+    global: global === null ? undefined : Number(global),
+    user: user === null ? undefined : (JSON.parse(user) as Stamps['user']),
+  };
 }
 
 /** why the stamps end `session`, or undefined while they do not */
@@ -230,16 +237,10 @@ export class RedisSessionIndex {
     return null;
   }
 
-  /** both stamps for a session of the user with this tag, read together (and with the session, by the caller) */
+  /** both stamps for a session of the user with this tag, in one MGET (the store reads them with the session) */
   async stamps(tag: string): Promise<Stamps> {
-    const [global, [before, except, reason]] = await Promise.all([
-      this.globalStamp(),
-      this.redis.hmGet(tagKeys(tag)[3], ['before', 'except', 'reason']),
-    ]);
-    return {
-      global: global < 0 ? undefined : global,
-      user: before ? { before: Number(before), except: except ?? '', reason: (reason ?? 'revoked') as EndReason } : undefined,
-    };
+    const [global, user] = await this.redis.mGet([GLOBAL_STAMP, tagKeys(tag)[3]]);
+    return parseStamps(global ?? null, user ?? null);
   }
 
   /** a loaded session the stamps end: its key and entry go, and the audit log hears of it from whoever deleted it */
@@ -249,7 +250,7 @@ export class RedisSessionIndex {
   }
 
   private async globalStamp(): Promise<number> {
-    const before = await this.redis.hGet(GLOBAL_STAMP, 'before');
+    const before = await this.redis.get(GLOBAL_STAMP);
     return before ? Number(before) : -1;
   }
 

@@ -7,7 +7,7 @@ import { createClient } from 'redis';
 import { maskUrlPassword, type Config } from '../config';
 import { StoreUnavailableError } from '../errors';
 import { markLoaded, tagOf, userTag, wasLoaded, type ExpiryRule } from '../session';
-import { endedBy, RedisSessionIndex } from './redis-index';
+import { endedBy, GLOBAL_STAMP, parseStamps, RedisSessionIndex, tagKeys } from './redis-index';
 import { activeSession, isOwned, type ActiveSession, type Audit, type EndReason, type SessionIndex, type SessionStore } from './types';
 
 // a store operation that has not answered by then fails, so a stalled Redis gives a 503 well within 5 s
@@ -82,8 +82,11 @@ class GuardedRedisStore extends RedisStore implements SessionIndex {
   // starts with its user's tag, so the stamps are read with the session, in the same round trip
   private async loadLive(sid: string): Promise<SessionData | null> {
     const tag = tagOf(sid);
-    const [sess, early] = await Promise.all([super.get(sid) as Promise<SessionData | null | undefined>, tag ? this.index.stamps(tag) : undefined]);
-    if (!sess) return null;
+    // one MGET for the three keys; on Redis Cluster, where they sit in different slots, it would be three GETs
+    const [raw, global, ended] = await this.redis.mGet([this.prefix + sid, GLOBAL_STAMP, ...(tag ? [tagKeys(tag)[3]] : [])]);
+    if (!raw) return null;
+    const sess = (await this.serializer.parse(raw)) as SessionData;
+    const early = tag ? parseStamps(global ?? null, ended ?? null) : undefined;
     const expiresAt = this.expiresAt(sess);
     if (expiresAt <= Date.now()) return null;
     if (!isOwned(sess)) return sess;

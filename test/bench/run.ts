@@ -480,13 +480,16 @@ async function main(): Promise<void> {
     const checks = [
       { goal: 'GET /user >= 1.4x tutorial', value: ratios.userVsTutorial, pass: (ratios.userVsTutorial ?? 0) >= 1.4 },
       { goal: 'GET /user >= 0.75x bare Express', value: ratios.userVsBare, pass: (ratios.userVsBare ?? 0) >= 0.75 },
-      { goal: 'POST /login >= 1.25x tutorial', value: ratios.loginVsTutorial, pass: (ratios.loginVsTutorial ?? 0) >= 1.25 },
-      { goal: 'Redis GET /user >= 0.7x memory', value: ratios.redisUserVsMemoryUser, pass: ratios.redisUserVsMemoryUser === null ? null : ratios.redisUserVsMemoryUser >= 0.7 },
+      // a login now also indexes its session and draws a tagged ID (issue 12 asks 1.1x; the cross-site work asked 1.25x)
+      { goal: 'POST /login >= 1.1x tutorial', value: ratios.loginVsTutorial, pass: (ratios.loginVsTutorial ?? 0) >= 1.1 },
+      // every read also checks the revocation stamps, in the same round trip
+      { goal: 'Redis GET /user >= 0.8x memory', value: ratios.redisUserVsMemoryUser, pass: ratios.redisUserVsMemoryUser === null ? null : ratios.redisUserVsMemoryUser >= 0.8 },
       { goal: 'flood: RSS < 160 MB (SESSION_MEMORY_MAX=20000)', value: ours.rssPeakMb, pass: ours.rssPeakMb < 160 },
       { goal: 'flood: logged-in user all 2xx, p99 < 250 ms', value: ours.user.p99, pass: ours.user.errors === 0 && ours.user.non2xx === 0 && ours.user.p99 < 250 },
       // what a refused login used to cost was the log itself (two lines, 2.2 KB, two stacks): bytes per request, not
-      // throughput, which a 2-core machine writing ordinary request lines moves by 10 to 25 % from run to run
-      { goal: 'flood at LOG_LEVEL=info: < 400 bytes of log per login', value: logBytesPerLogin(logged), pass: logBytesPerLogin(logged) < 400 },
+      // throughput, which a 2-core machine writing ordinary request lines moves by 10 to 25 % from run to run. A
+      // login writes its request line and its session_created audit line, about 200 bytes each, and no stack
+      { goal: 'flood at LOG_LEVEL=info: < 600 bytes of log per login', value: logBytesPerLogin(logged), pass: logBytesPerLogin(logged) < 600 },
       { goal: 'full store, steady expiries: resident user all 2xx, p99 < 50 ms', value: expiring.steady.userP99, pass: expiring.user.errors === 0 && expiring.user.non2xx === 0 && expiring.steady.userP99 < 50 },
     ];
 
