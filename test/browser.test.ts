@@ -196,6 +196,89 @@ describeWith(CHROMIUM, 'the page in a real browser', () => {
     expect(consoleErrors).toEqual([]);
   });
 
+  describe('your sessions', () => {
+    /** a second browser (its own cookies) logged in under `name` from the page */
+    async function otherBrowser(name: string): Promise<{ context: BrowserContext; page: Page; name: () => Promise<string | undefined> }> {
+      const other = await browser.newContext();
+      const otherPage = await other.newPage();
+      await otherPage.goto(appUrl);
+      await otherPage.getByLabel('Name').fill(name);
+      await otherPage.getByRole('button', { name: 'Log in' }).click();
+      await otherPage.locator('#responses li').first().getByText(/→ 201/).waitFor();
+      return {
+        context: other,
+        page: otherPage,
+        // what the server says of that browser's session now, by a request of its own
+        name: async () => ((await otherPage.evaluate(() => fetch('/user').then((res) => res.json()))) as { data?: { name: string } }).data?.name,
+      };
+    }
+
+    const rows = () => page.locator('#sessions li');
+
+    it('when A and B are logged in under one name, then A lists B and ends it, and B\'s next request is anonymous', async () => {
+      await logIn('shared-a');
+      const b = await otherBrowser('shared-a');
+      try {
+        await page.reload();
+        await rows().nth(1).waitFor();
+
+        const listed = await rows().allInnerTexts();
+        expect(listed).toHaveLength(2);
+        expect(listed.filter((row) => row.includes('this session'))).toHaveLength(1);
+        expect(listed.every((row) => /Chrome \d+ on Linux/.test(row) && /127\.0\.0\.0|::/.test(row))).toBe(true);
+        const other = rows().filter({ hasNot: page.getByText('this session') });
+        await other.getByRole('button', { name: 'End' }).click();
+        await page.locator('#responses li').first().getByText(/DELETE \/sessions\/\S+ → 204/).waitFor();
+        await page.waitForFunction(() => document.querySelectorAll('#sessions li').length === 1);
+
+        expect(await b.name()).toBeUndefined();
+        expect(await profileName()).toBe('shared-a');
+        expect(consoleErrors).toEqual([]);
+      } finally {
+        await b.context.close();
+      }
+    });
+
+    it('when A presses "Log out other sessions", then only A is left', async () => {
+      await logIn('shared-b');
+      const b = await otherBrowser('shared-b');
+      const c = await otherBrowser('shared-b');
+      try {
+        await page.reload();
+        await rows().nth(2).waitFor();
+
+        const answer = await press('Log out other sessions');
+
+        expect(answer.status).toContain('DELETE /sessions → 200');
+        expect(JSON.parse(answer.body)).toEqual({ ended: 2 });
+        await page.waitForFunction(() => document.querySelectorAll('#sessions li').length === 1);
+        expect(await rows().allInnerTexts()).toEqual([expect.stringContaining('this session')]);
+        expect([await b.name(), await c.name()]).toEqual([undefined, undefined]);
+        expect(await profileName()).toBe('shared-b');
+      } finally {
+        await Promise.all([b.context.close(), c.context.close()]);
+      }
+    });
+
+    it('when a session\'s device text is markup, then it is shown as text', async () => {
+      await logIn('markup');
+      await page.route('**/sessions', (route) =>
+        route.fulfill({
+          contentType: 'application/json',
+          body: JSON.stringify({
+            sessions: [{ id: 'x', current: false, createdAt: new Date().toISOString(), lastSeenAt: new Date().toISOString(), expiresAt: new Date().toISOString(), browser: '<img src=x onerror="window.__pwned = true">', os: 'OS', ip: '<b>ip</b>' }],
+          }),
+        }),
+      );
+      await page.reload();
+      await rows().first().waitFor();
+
+      expect(await rows().first().innerText()).toContain('<img src=x');
+      expect(await page.locator('#sessions img, #sessions b').count()).toBe(0);
+      expect(await page.evaluate(() => (window as unknown as { __pwned?: boolean }).__pwned)).toBeUndefined();
+    });
+  });
+
   it('when the page has been used, then a screenshot of it can be taken (the picture in the README)', async () => {
     await page.setViewportSize({ width: 900, height: 640 });
     await logIn('daniel');
