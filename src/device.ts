@@ -8,7 +8,8 @@ export const UNKNOWN = 'Unknown';
 function familyAndMajor(name: string | undefined, version: string | undefined): string {
   if (!name) return UNKNOWN;
   const major = /\d+/.exec(version ?? '')?.[0];
-  return major === undefined ? name : `${name} ${major}`;
+  // a version is a few digits; anything longer is not one worth keeping
+  return major === undefined || major.length > 6 ? name : `${name} ${major}`;
 }
 
 /**

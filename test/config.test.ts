@@ -247,6 +247,41 @@ describe('TRUSTED_ORIGINS', () => {
   });
 });
 
+describe('ADMIN_TOKEN and SESSION_MAX_PER_USER', () => {
+  it('when neither is set, then the admin API is off and a user holds at most 50 sessions', () => {
+    const config = loadConfig({});
+
+    expect(config.adminToken).toBeUndefined();
+    expect(config.sessionMaxPerUser).toBe(50);
+  });
+
+  it('when ADMIN_TOKEN has 32 characters or more, then it is taken as it is', () => {
+    expect(loadConfig(production({ ADMIN_TOKEN: 'a'.repeat(32) })).adminToken).toBe('a'.repeat(32));
+  });
+
+  it('when ADMIN_TOKEN is shorter than 32 characters in production, then start-up stops naming it (never its value)', () => {
+    const problems = problemsOf(production({ ADMIN_TOKEN: 'short-token-value' }));
+
+    expect(problems).toEqual([expect.stringMatching(/^ADMIN_TOKEN must be at least 32 characters \(got 17\)/)]);
+    expect(problems.join()).not.toContain('short-token-value');
+  });
+
+  it('when ADMIN_TOKEN is short outside production, then start-up warns and goes on', () => {
+    const config = loadConfig({ ADMIN_TOKEN: 'short' });
+
+    expect(config.warnings).toContainEqual(expect.stringMatching(/^ADMIN_TOKEN must be at least 32/));
+    expect(config.adminToken).toBe('short');
+  });
+
+  it.each(['0', '10001', 'many', '-1'])('when SESSION_MAX_PER_USER is %s, then start-up stops naming it', (value) => {
+    expect(problemsOf({ SESSION_MAX_PER_USER: value })).toEqual([expect.stringMatching(/^SESSION_MAX_PER_USER must be a whole number from 1 to 10000/)]);
+  });
+
+  it.each(['1', '10000'])('when SESSION_MAX_PER_USER is %s, then it is taken', (value) => {
+    expect(loadConfig({ SESSION_MAX_PER_USER: value }).sessionMaxPerUser).toBe(Number(value));
+  });
+});
+
 describe('maskUrlPassword', () => {
   it.each([
     ['redis://:hunter2@cache:6379', 'redis://:***@cache:6379'],

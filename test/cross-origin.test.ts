@@ -15,6 +15,9 @@ const UNSAFE_ROUTES: [string, string][] = [
   ['PATCH', '/healthz'],
   ['POST', '/nowhere'],
   ['DELETE', '/'],
+  ['DELETE', '/sessions'],
+  ['DELETE', '/sessions/x'],
+  ['DELETE', '/admin/sessions'],
 ];
 
 // headers a page of another origin makes a browser send
@@ -41,6 +44,29 @@ function send(app: Parameters<typeof request>[0], method: string, path: string, 
 }
 
 describe('cross-origin requests are refused before any session work', () => {
+  it.each([
+    ['DELETE /sessions (end all others)', (_handle: string) => '/sessions'],
+    ['DELETE /sessions/:id (end one)', (handle: string) => `/sessions/${handle}`],
+  ])('when a page of another site sends %s with the victim\'s cookie, then 403 and both sessions live on; from the page itself it works', async (_what, path) => {
+    const { app } = makeApp();
+    const [mine, other] = [
+      cookieHeader(shouldSetCookie(await request(app).post('/login?name=victim').expect(201))),
+      cookieHeader(shouldSetCookie(await request(app).post('/login?name=victim').expect(201))),
+    ];
+    const listed = await request(app).get('/sessions').set('Cookie', mine).expect(200);
+    const otherHandle = (listed.body as { sessions: { id: string; current: boolean }[] }).sessions.find((s) => !s.current)?.id ?? '';
+    const method = 'DELETE';
+
+    const forged = await send(app, method, path(otherHandle), { 'Sec-Fetch-Site': 'cross-site', Origin: 'http://evil.example' }, mine);
+    const otherAfterForgery = await request(app).get('/user').set('Cookie', other);
+    const own = await send(app, method, path(otherHandle), { 'Sec-Fetch-Site': 'same-origin', Origin: 'HOST' }, mine);
+
+    expect(forged.status).toBe(403);
+    expect(otherAfterForgery.body).toEqual({ info: 'User profile info', data: { name: 'victim' } });
+    expect(own.status).toBeLessThan(300);
+    expect((await request(app).get('/user').set('Cookie', other)).body).toEqual({ info: 'No data present in session' });
+  });
+
   describe.each(CROSS_ORIGIN)('when the request carries %s', (_what, headers) => {
     it.each(UNSAFE_ROUTES)('then %s %s is 403, sets no cookie and changes nothing in the store', async (method, path) => {
       const { app, store } = makeApp();

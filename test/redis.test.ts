@@ -413,14 +413,18 @@ describeWith('redis-server', 'Redis refusing commands, and coming back', () => {
     await refuseWrites();
     const refused = await request(app).post('/login?name=b');
     const reading = await request(app).get('/user').set('Cookie', header);
+    // the index's changes are writes too: ending sessions meets the same error
+    const endOthers = await request(app).delete('/sessions').set('Cookie', header);
     await own.client.configSet('maxmemory', '0');
     await own.client.sendCommand(['REPLICAOF', 'NO', 'ONE']);
     const again = await request(app).post('/login?name=c');
 
     shouldBeStoreUnavailable(refused);
+    shouldBeStoreUnavailable(endOthers);
     // reads are still served
     expect(reading.body.data).toEqual({ name: 'a' });
     expect(again.status).toBe(201);
+    expect((await request(app).delete('/sessions').set('Cookie', header)).status).toBe(200);
   });
 
   it('when the login counter meets an error reply (OOM), then the login is the store-unavailable 503', async () => {
