@@ -68,8 +68,9 @@ type GetCallback = (err: unknown, session?: SessionData | null) => void;
  */
 export class BoundedMemoryStore extends Store implements SessionIndex {
   private readonly sessions = new Map<string, Entry>();
-  // the per-user index: user name -> handle -> session ID, changed only with `sessions`, so the two always agree
-  private readonly users = new Map<string, Map<string, string>>();
+  // the per-user index: user name -> that user's session IDs (an array: lighter than a Map for the few sessions a
+  // user holds), changed only with `sessions`, so the two always agree
+  private readonly users = new Map<string, string[]>();
   private readonly timer: NodeJS.Timeout;
   // no held session expires before this (a lower bound: removals only make it earlier than the truth), so a
   // full store is scanned only when a scan can free something
@@ -124,16 +125,16 @@ export class BoundedMemoryStore extends Store implements SessionIndex {
   // a login's new session joins its user's index; past the per-user cap, the least recently seen other one ends
   private indexNew(sid: string, sess: OwnedSession, expiresAt: number): void {
     const user = sess.user.name;
-    let handles = this.users.get(user);
-    if (!handles) {
-      handles = new Map();
-      this.users.set(user, handles);
+    let sids = this.users.get(user);
+    if (!sids) {
+      sids = [];
+      this.users.set(user, sids);
     }
-    handles.set(sess.handle, sid);
+    sids.push(sid);
     this.options.audit?.(sessionEvent('session_created', user, activeSession(sid, sess, expiresAt)));
-    while (handles.size > this.options.maxPerUser) {
+    while (sids.length > this.options.maxPerUser) {
       let oldest: { sid: string; lastSeenAt: number } | undefined;
-      for (const other of handles.values()) {
+      for (const other of sids) {
         const lastSeenAt = this.sessions.get(other)?.owner?.lastSeenAt ?? Number.NEGATIVE_INFINITY;
         if (other !== sid && (oldest === undefined || lastSeenAt < oldest.lastSeenAt)) oldest = { sid: other, lastSeenAt };
       }
@@ -165,7 +166,7 @@ export class BoundedMemoryStore extends Store implements SessionIndex {
 
   async listSessions(user: string): Promise<ActiveSession[]> {
     const sessions: ActiveSession[] = [];
-    for (const sid of this.users.get(user)?.values() ?? []) {
+    for (const sid of [...(this.users.get(user) ?? [])]) {
       const entry = this.live(sid);
       const sess = entry && (JSON.parse(entry.json) as SessionData);
       if (sess && isOwned(sess)) sessions.push(activeSession(sid, sess, entry.expiresAt));
@@ -174,14 +175,14 @@ export class BoundedMemoryStore extends Store implements SessionIndex {
   }
 
   async endSession(user: string, handle: string, reason: EndReason): Promise<boolean> {
-    const sid = this.users.get(user)?.get(handle);
+    const sid = this.users.get(user)?.find((candidate) => this.sessions.get(candidate)?.owner?.handle === handle);
     return sid !== undefined && this.live(sid) !== undefined && this.drop(sid, reason);
   }
 
   async endUserSessions(user: string, { except, reason }: { except?: string; reason: EndReason }): Promise<number> {
     let ended = 0;
-    for (const [handle, sid] of this.users.get(user) ?? []) {
-      if (handle !== except && this.live(sid) !== undefined && this.drop(sid, reason)) ended += 1;
+    for (const sid of [...(this.users.get(user) ?? [])]) {
+      if (this.sessions.get(sid)?.owner?.handle !== except && this.live(sid) !== undefined && this.drop(sid, reason)) ended += 1;
     }
     return ended;
   }
@@ -203,9 +204,10 @@ export class BoundedMemoryStore extends Store implements SessionIndex {
     this.sessions.delete(sid);
     const owner = entry.owner;
     if (owner === undefined) return true;
-    const handles = this.users.get(owner.user);
-    handles?.delete(owner.handle);
-    if (handles?.size === 0) this.users.delete(owner.user);
+    const sids = this.users.get(owner.user) ?? [];
+    const at = sids.indexOf(sid);
+    if (at !== -1) sids.splice(at, 1);
+    if (sids.length === 0) this.users.delete(owner.user);
     if (this.options.audit) {
       const sess = JSON.parse(entry.json) as SessionData;
       const why = reason === 'timeout' ? this.options.expiresAt.reason(sess) : reason;
