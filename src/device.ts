@@ -4,9 +4,14 @@ import type { Device } from './session';
 
 export const UNKNOWN = 'Unknown';
 
+// the families bowser knows by name: its catch-all rule would otherwise take any text before a "/" in the header,
+// which a client chooses, of any length, as a browser's name
+const BROWSERS = new Set<string>(Object.values(Bowser.BROWSER_MAP));
+const SYSTEMS = new Set<string>(Object.values(Bowser.OS_MAP));
+
 // a family as bowser names it, then the first number of its version: "Chrome 131", "Windows 10", "macOS 10"
-function familyAndMajor(name: string | undefined, version: string | undefined): string {
-  if (!name) return UNKNOWN;
+function familyAndMajor(name: string | undefined, version: string | undefined, known: Set<string>): string {
+  if (!name || !known.has(name)) return UNKNOWN;
   const major = /\d+/.exec(version ?? '')?.[0];
   // a version is a few digits; anything longer is not one worth keeping
   return major === undefined || major.length > 6 ? name : `${name} ${major}`;
@@ -21,10 +26,10 @@ export function describeDevice(userAgent: string | undefined, ip: string | undef
   let os = UNKNOWN;
   if (userAgent) {
     const parsed = Bowser.parse(userAgent);
-    browser = familyAndMajor(parsed.browser.name, parsed.browser.version);
+    browser = familyAndMajor(parsed.browser.name, parsed.browser.version, BROWSERS);
     // Windows names its release in versionName ("10" for "NT 10.0"); macOS names it in words ("Catalina")
     const osVersion = /^\d/.test(parsed.os.versionName ?? '') ? parsed.os.versionName : parsed.os.version;
-    os = familyAndMajor(parsed.os.name, osVersion);
+    os = familyAndMajor(parsed.os.name, osVersion, SYSTEMS);
   }
   return { browser, os, ip: truncateIp(ip) };
 }

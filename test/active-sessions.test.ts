@@ -3,7 +3,7 @@ import type { Express } from 'express';
 import { createClient } from 'redis';
 import request from 'supertest';
 import { createApp } from '../src/app';
-import type { Env } from '../src/config';
+import { DEVELOPMENT_SECRET, type Env } from '../src/config';
 import { createSessionStore } from '../src/stores';
 import { userKeys } from '../src/stores/redis-index';
 import type { IndexedStore, SessionStore } from '../src/stores/types';
@@ -17,6 +17,7 @@ import {
   sessionId,
   setCookies,
   shouldSetCookie,
+  signedCookieHeader,
   sleep,
   testConfig,
 } from './helpers';
@@ -250,6 +251,18 @@ function contract(kind: Kind) {
       expect([await whoIs(app, a), await whoIs(app, b), await whoIs(app, c)]).toEqual([name, undefined, undefined]);
       expect(await list(app, a)).toEqual([expect.objectContaining({ current: true })]);
       expect(await whoIs(app, bystander)).toBeDefined();
+    });
+
+    it('when the handle is left empty (DELETE /sessions/), then 404 and no other session ends', async () => {
+      const { app } = await instance();
+      const name = someone();
+      const [a, b] = [await login(app, name), await login(app, name)];
+
+      const res = await request(app).delete('/sessions/').set('Cookie', a.cookie);
+
+      expect(res.status).toBe(404);
+      expect(res.body).toEqual({ error: 'Session not found' });
+      expect(await whoIs(app, b)).toBe(name);
     });
 
     it('when not logged in, then GET /sessions, DELETE /sessions and DELETE /sessions/:id are 401 "Not logged in"', async () => {
@@ -614,6 +627,58 @@ describeWith('redis-server', 'active sessions shared by instances on one Redis',
     await sleep(1200);
 
     expect(await own.client().exists([expiry, seen, info])).toBe(0);
+  });
+
+  it('when a session is gone but its entry is not (a crash between the two deletes), then the listing drops the entry', async () => {
+    const { app } = await instance();
+    const name = someone();
+    const me = await login(app, name);
+    const ghost = await login(app, name);
+    const handle = await handleOf(app, ghost);
+
+    await own.client().del(`sess:${ghost.sid}`);
+
+    expect((await list(app, me)).map((s) => s.id)).not.toContain(handle);
+    expect(await own.client().hGet(userKeys(name)[2], handle)).toBeNull();
+  });
+
+  it('when "end everyone" has run and a login then goes past the cap, then the sessions it ended are logged revoked_by_admin, not evicted', async () => {
+    const { app, lines } = await instance({ SESSION_MAX_PER_USER: '2' });
+    const name = someone();
+    await login(app, name);
+    await login(app, name);
+    await admin(request(app).delete('/admin/sessions')).expect(200);
+    await sleep(2);
+
+    const fresh = await login(app, name);
+
+    expect(ended(lines, 'evicted')).toEqual([]);
+    expect(ended(lines, 'revoked_by_admin').filter((line) => line.user === name)).toHaveLength(2);
+    expect(await list(app, fresh)).toHaveLength(1);
+  });
+
+  it('when a session from before sessions were indexed (no handle) is presented, then it is served, and the stamps end it', async () => {
+    const { app } = await instance();
+    const client = own.client();
+    const plant = async (name: string, id: string) => {
+      const now = Date.now();
+      const legacy = { cookie: { originalMaxAge: 1_800_000, expires: new Date(now + 1_800_000).toISOString(), httpOnly: true, path: '/', sameSite: 'lax' }, user: { name }, loginAt: now, cookieRenewedAt: now };
+      await client.set(`sess:${id}`, JSON.stringify(legacy), { expiration: { type: 'EX', value: 1800 } });
+      return signedCookieHeader(id, DEVELOPMENT_SECRET);
+    };
+    const name = someone();
+    const old = await plant(name, 'legacy-session-id-of-32-characters-a');
+    const other = await plant(someone(), 'legacy-session-id-of-32-characters-b');
+    const current = await login(app, name);
+    expect((await request(app).get('/user').set('Cookie', old)).body).toEqual({ info: 'User profile info', data: { name } });
+    await sleep(2);
+
+    await request(app).delete('/sessions').set('Cookie', current.cookie).expect(200);
+    expect((await request(app).get('/user').set('Cookie', old)).body).toEqual({ info: 'No data present in session' });
+    expect(await client.exists('sess:legacy-session-id-of-32-characters-a')).toBe(0);
+
+    await admin(request(app).delete('/admin/sessions')).expect(200);
+    expect((await request(app).get('/user').set('Cookie', other)).body).toEqual({ info: 'No data present in session' });
   });
 
   it('when Redis has lost its scripts (a restart, a failover, SCRIPT FLUSH), then the index loads them again by itself', async () => {

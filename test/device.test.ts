@@ -32,6 +32,11 @@ describe('describeDevice', () => {
     expect(describeDevice(userAgent, '198.51.100.7')).toEqual({ browser, os, ip: '198.51.100.0' });
   });
 
+  it('when the User-Agent names no browser bowser knows, then "Unknown": a client cannot choose the text kept', () => {
+    expect(describeDevice(`${'A'.repeat(15_000)}/1 (X11; Linux x86_64)`, undefined).browser).toBe('Unknown');
+    expect(describeDevice('MyOwnBrowserName/9 <b>', undefined).browser).toBe('Unknown');
+  });
+
   it('when the User-Agent is long or odd, then only the families and major versions are kept, never the raw header', () => {
     const userAgent = `Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0.6778.85 Safari/537.36 secret-token-${'x'.repeat(2000)}`;
 

@@ -42,6 +42,8 @@ export function addActiveSessionRoutes(router: Router, { config, store }: { conf
     })
     .delete(...session, async (req: Request, res: Response) => {
       const { name, handle } = caller(req);
+      // "/sessions/" is a handle left empty, not a request to end every other session (Express matches it here)
+      if (req.path !== '/sessions') throw new HttpError(404, 'Session not found');
       res.json({ ended: await store.endUserSessions(name, { except: handle, reason: 'revoked' }) });
     })
     .all(methodNotAllowed('GET, HEAD, DELETE'));

@@ -29,7 +29,8 @@ export function tagKeys(tag: string): [expiry: string, seen: string, info: strin
 
 export const userKeys = (user: string) => tagKeys(userTag(user));
 
-// shared by every script: KEYS are one user's four keys
+// shared by every script: KEYS are one user's four keys. Scripts answer with what they took out of the index as
+// (label, entry) pairs: 'timeout', 'global' (the global stamp), an end reason, or 'live' for an entry kept
 const PRELUDE = `
 local expiry, seen, info, ended = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local function remove(handle)
@@ -45,6 +46,22 @@ local function prune(now, out)
     if entry then table.insert(out, 'timeout'); table.insert(out, entry) end
   end
 end
+local function sweep(now, globalBefore, out, listLive)
+  prune(now, out)
+  local raw = redis.call('GET', ended)
+  local stamp = raw and cjson.decode(raw) or { before = -1, except = '', reason = '' }
+  local all = redis.call('HGETALL', info)
+  for i = 1, #all, 2 do
+    local createdAt = cjson.decode(all[i + 1]).createdAt
+    if createdAt <= globalBefore then
+      table.insert(out, 'global'); table.insert(out, remove(all[i]))
+    elseif createdAt <= stamp.before and all[i] ~= stamp.except then
+      table.insert(out, stamp.reason); table.insert(out, remove(all[i]))
+    elseif listLive then
+      table.insert(out, 'live'); table.insert(out, all[i + 1])
+    end
+  end
+end
 local function keep()
   local last = redis.call('ZRANGE', expiry, -1, -1, 'WITHSCORES')
   if last[2] then
@@ -53,73 +70,71 @@ local function keep()
 end
 `;
 
-// ARGV: now, handle, entry, expiresAt, lastSeenAt, max. Returns what ended, as (reason, entry) pairs
+// ARGV: now, handle, entry, expiresAt, lastSeenAt, max, global stamp (-1 for none). What the stamps have ended
+// goes first (only while a stamp is there: a sweep reads every entry). The sessions past the cap are answered as
+// ('evicted', entry) and left in the index: the caller deletes each session, then its entry, so that a crash in
+// between leaves an entry without a session (which a listing drops), never a live session outside the index
 const ADD = `${PRELUDE}
 local out = {}
-prune(ARGV[1], out)
+if tonumber(ARGV[7]) >= 0 or redis.call('EXISTS', ended) == 1 then sweep(ARGV[1], tonumber(ARGV[7]), out, false) else prune(ARGV[1], out) end
 redis.call('HSET', info, ARGV[2], ARGV[3])
 redis.call('ZADD', expiry, ARGV[4], ARGV[2])
 redis.call('ZADD', seen, ARGV[5], ARGV[2])
-while redis.call('ZCARD', seen) > tonumber(ARGV[6]) do
-  local oldest = redis.call('ZRANGE', seen, 0, 1)
-  local victim = oldest[1] == ARGV[2] and oldest[2] or oldest[1]
-  table.insert(out, 'evicted'); table.insert(out, remove(victim))
-end
-keep()
-return out`;
-
-// ARGV: handle, entry, expiresAt, lastSeenAt. Only an entry still there is written: an ended session stays out
-const UPDATE = `${PRELUDE}
-if redis.call('HEXISTS', info, ARGV[1]) == 0 then return 0 end
-redis.call('HSET', info, ARGV[1], ARGV[2])
-redis.call('ZADD', expiry, 'XX', ARGV[3], ARGV[1])
-redis.call('ZADD', seen, 'XX', ARGV[4], ARGV[1])
-keep()
-return 1`;
-
-// ARGV: handle. Returns the entry removed, or nil
-const REMOVE = `${PRELUDE}
-return remove(ARGV[1])`;
-
-// every entry with what became of it: ('live', entry) or (reason, entry) for those the stamps or time have ended
-const SWEEP = `
-local function sweep(now, globalBefore, out)
-  prune(now, out)
-  local raw = redis.call('GET', ended)
-  local stamp = raw and cjson.decode(raw) or { before = -1, except = '', reason = '' }
-  local all = redis.call('HGETALL', info)
-  for i = 1, #all, 2 do
-    local createdAt = cjson.decode(all[i + 1]).createdAt
-    if createdAt <= globalBefore then
-      table.insert(out, 'revoked_by_admin'); table.insert(out, remove(all[i]))
-    elseif createdAt <= stamp.before and all[i] ~= stamp.except then
-      table.insert(out, stamp.reason); table.insert(out, remove(all[i]))
-    else
-      table.insert(out, 'live'); table.insert(out, all[i + 1])
+local over = redis.call('ZCARD', seen) - tonumber(ARGV[6])
+if over > 0 then
+  for _, victim in ipairs(redis.call('ZRANGE', seen, 0, over)) do
+    if over > 0 and victim ~= ARGV[2] then
+      local entry = redis.call('HGET', info, victim)
+      if entry then table.insert(out, 'evicted'); table.insert(out, entry) else remove(victim) end
+      over = over - 1
     end
   end
 end
-`;
-
-// ARGV: now, global stamp (-1 for none)
-const LIST = `${PRELUDE}${SWEEP}
-local out = {}
-sweep(ARGV[1], tonumber(ARGV[2]), out)
 keep()
 return out`;
 
-// ARGV: now, global stamp, except ('' for none), reason, the stamp's lifetime (ms). The stamp first: whatever it
-// misses (a session written to Redis but not yet to the index) it still ends when that session is next loaded
-const END_USER = `${PRELUDE}${SWEEP}
-local raw = redis.call('GET', ended)
-if (raw and cjson.decode(raw).before or -1) < tonumber(ARGV[1]) then
-  redis.call('SET', ended, cjson.encode({ before = tonumber(ARGV[1]), except = ARGV[3], reason = ARGV[4] }), 'PX', ARGV[5])
-end
+// ARGV: now, handle, entry, expiresAt, lastSeenAt. Only an entry still there is written: an ended session stays out
+const UPDATE = `${PRELUDE}
 local out = {}
-sweep(ARGV[1], tonumber(ARGV[2]), out)
-for i = 1, #out, 2 do
-  if out[i] == 'live' and cjson.decode(out[i + 1]).handle ~= ARGV[3] then
-    out[i] = ARGV[4]; remove(cjson.decode(out[i + 1]).handle)
+prune(ARGV[1], out)
+if redis.call('HEXISTS', info, ARGV[2]) == 1 then
+  redis.call('HSET', info, ARGV[2], ARGV[3])
+  redis.call('ZADD', expiry, 'XX', ARGV[4], ARGV[2])
+  redis.call('ZADD', seen, 'XX', ARGV[5], ARGV[2])
+end
+keep()
+return out`;
+
+// ARGV: now, handle. Answers the entry removed (nil when there was none, or it had expired) and the pairs
+const REMOVE = `${PRELUDE}
+local out = {}
+prune(ARGV[1], out)
+local entry = remove(ARGV[2])
+keep()
+return { entry, out }`;
+
+// ARGV: now, global stamp (-1 for none)
+const LIST = `${PRELUDE}
+local out = {}
+sweep(ARGV[1], tonumber(ARGV[2]), out, true)
+keep()
+return out`;
+
+// ARGV: now, global stamp, except ('' for none), reason, the stamp's lifetime (ms). The stamp first: whatever the
+// index misses (a session written to Redis but not yet to the index) it ends when that session is next loaded. It
+// never moves back (another instance's clock may be ahead), and it spares the caller's session, not an earlier one
+const END_USER = `${PRELUDE}
+local raw = redis.call('GET', ended)
+local before = tonumber(ARGV[1])
+if raw then before = math.max(before, cjson.decode(raw).before) end
+redis.call('SET', ended, cjson.encode({ before = before, except = ARGV[3], reason = ARGV[4] }), 'PX', ARGV[5])
+local out = {}
+prune(ARGV[1], out)
+local all = redis.call('HGETALL', info)
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[3] then
+    local label = cjson.decode(all[i + 1]).createdAt <= tonumber(ARGV[2]) and 'global' or ARGV[4]
+    table.insert(out, label); table.insert(out, remove(all[i]))
   end
 end
 keep()
@@ -186,20 +201,23 @@ export class RedisSessionIndex {
   }
 
   /** a login's session joins its user's index; past the cap, the least recently seen other one ends */
-  async add(user: string, session: ActiveSession): Promise<void> {
-    const out = await this.run('ADD', user, [Date.now(), session.handle, JSON.stringify(session), session.expiresAt, session.lastSeenAt, this.options.maxPerUser]);
+  async add(user: string, session: ActiveSession, globalStamp: number): Promise<void> {
+    const { expiresAt, lastSeenAt, handle } = session;
+    const out = await this.run('ADD', user, [Date.now(), handle, JSON.stringify(session), expiresAt, lastSeenAt, this.options.maxPerUser, globalStamp]);
     this.options.audit?.(sessionEvent('session_created', user, session));
     await this.ended(user, out);
   }
 
   /** a renewal: the entry's last-seen time and expiry, written only while the entry is there */
   async update(user: string, session: ActiveSession): Promise<void> {
-    await this.run('UPDATE', user, [session.handle, JSON.stringify(session), session.expiresAt, session.lastSeenAt]);
+    const out = await this.run('UPDATE', user, [Date.now(), session.handle, JSON.stringify(session), session.expiresAt, session.lastSeenAt]);
+    await this.ended(user, out);
   }
 
-  /** an entry out of the index; with a reason, the audit log hears of it when it was there */
+  /** an entry out of the index; with a reason, the audit log hears of it from whoever removed it */
   async remove(user: string, handle: string, reason?: EndReason): Promise<ActiveSession | undefined> {
-    const entry = await this.run('REMOVE', user, [handle]);
+    const [entry, out] = (await this.run('REMOVE', user, [Date.now(), handle])) as [string | null, unknown];
+    await this.ended(user, out);
     if (typeof entry !== 'string') return undefined;
     const session = JSON.parse(entry) as ActiveSession;
     if (reason) this.options.audit?.(sessionEvent('session_ended', user, session, reason));
@@ -209,27 +227,26 @@ export class RedisSessionIndex {
   async list(user: string): Promise<ActiveSession[]> {
     const out = await this.run('LIST', user, [Date.now(), await this.globalStamp()]);
     const live = await this.ended(user, out);
-    // an entry whose session key is gone (a crash between the two deletes) is no session: drop it too
+    // an entry whose session key is gone (a crash between deleting a session and its entry) is no session: drop it
     const exists = await Promise.all(live.map((session) => this.redis.exists(this.sessionKey(session.sid))));
     const ghosts = live.filter((_session, i) => exists[i] === 0);
     await Promise.all(ghosts.map((ghost) => this.remove(user, ghost.handle)));
     return live.filter((_session, i) => exists[i] !== 0).sort(byLastSeen);
   }
 
+  // the session first, then its entry: a crash in between leaves an entry without a session, never the reverse
   async end(user: string, handle: string, reason: EndReason): Promise<boolean> {
-    const live = await this.list(user);
-    if (!live.some((session) => session.handle === handle)) return false;
-    const session = await this.remove(user, handle, reason);
+    const session = (await this.list(user)).find((candidate) => candidate.handle === handle);
     if (session === undefined) return false;
     await this.redis.del(this.sessionKey(session.sid));
-    return true;
+    return (await this.remove(user, handle, reason)) !== undefined;
   }
 
   async endUser(user: string, except: string | undefined, reason: EndReason): Promise<number> {
     const out = await this.run('END_USER', user, [Date.now(), await this.globalStamp(), except ?? '', reason, this.stampLifetimeMs]);
-    const before = countOf(out, reason);
+    const ended = countOf(out, reason);
     await this.ended(user, out);
-    return before;
+    return ended;
   }
 
   async endAll(): Promise<null> {
@@ -245,32 +262,45 @@ export class RedisSessionIndex {
 
   /** a loaded session the stamps end: its key and entry go, and the audit log hears of it from whoever deleted it */
   async revokeLoaded(user: string, session: ActiveSession, reason: EndReason): Promise<void> {
-    const [deleted] = await Promise.all([this.redis.del(this.sessionKey(session.sid)), this.remove(user, session.handle)]);
+    const deleted = await this.redis.del(this.sessionKey(session.sid));
+    await this.remove(user, session.handle);
     if (deleted === 1) this.options.audit?.(sessionEvent('session_ended', user, session, reason));
   }
 
-  private async globalStamp(): Promise<number> {
+  /** the global stamp, -1 for none */
+  async globalStamp(): Promise<number> {
     const before = await this.redis.get(GLOBAL_STAMP);
     return before ? Number(before) : -1;
   }
 
-  // the sessions a script took out of the index: their keys deleted, each told to the audit log. Returns the live rest
+  /**
+   * What a script answered: the live entries are returned; the sessions it took out have their keys deleted and are
+   * told to the audit log once (a timeout by whoever noticed it; a session a stamp ended by whoever deleted its key,
+   * as a request loading it may be racing); the sessions past the cap are ended, session before entry.
+   */
   private async ended(user: string, out: unknown): Promise<ActiveSession[]> {
     const live: ActiveSession[] = [];
-    const gone: Promise<unknown>[] = [];
-    const pairs = Array.isArray(out) ? (out as string[]) : [];
+    const work: Promise<unknown>[] = [];
+    const pairs = Array.isArray(out) ? (out as unknown[]) : [];
     for (let i = 0; i + 1 < pairs.length; i += 2) {
-      const session = JSON.parse(pairs[i + 1] ?? '{}') as ActiveSession;
-      const label = pairs[i];
+      const [label, entry] = [pairs[i], pairs[i + 1]];
+      // an entry a script could not read (a key evicted under memory pressure) names no session to end
+      if (typeof label !== 'string' || typeof entry !== 'string') continue;
+      const session = JSON.parse(entry) as ActiveSession;
       if (label === 'live') {
         live.push(session);
-        continue;
+      } else if (label === 'evicted') {
+        work.push(this.redis.del(this.sessionKey(session.sid)).then(() => this.remove(user, session.handle, 'evicted')));
+      } else {
+        const reason = label === 'timeout' ? this.timeoutReason(session) : label === 'global' ? 'revoked_by_admin' : (label as EndReason);
+        work.push(
+          this.redis.del(this.sessionKey(session.sid)).then((deleted) => {
+            if (label === 'timeout' || deleted === 1) this.options.audit?.(sessionEvent('session_ended', user, session, reason));
+          }),
+        );
       }
-      gone.push(this.redis.del(this.sessionKey(session.sid)));
-      const reason = label === 'timeout' ? this.timeoutReason(session) : (label as EndReason);
-      this.options.audit?.(sessionEvent('session_ended', user, session, reason));
     }
-    await Promise.all(gone);
+    await Promise.all(work);
     return live;
   }
 

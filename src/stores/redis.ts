@@ -8,7 +8,7 @@ import { maskUrlPassword, type Config } from '../config';
 import { StoreUnavailableError } from '../errors';
 import { markLoaded, tagOf, userTag, wasLoaded, type ExpiryRule } from '../session';
 import { endedBy, GLOBAL_STAMP, parseStamps, RedisSessionIndex, tagKeys } from './redis-index';
-import { activeSession, isOwned, type ActiveSession, type Audit, type EndReason, type SessionIndex, type SessionStore } from './types';
+import { activeSession, hasUser, isOwned, type ActiveSession, type Audit, type EndReason, type SessionIndex, type SessionStore } from './types';
 
 // a store operation that has not answered by then fails, so a stalled Redis gives a 503 well within 5 s
 const COMMAND_TIMEOUT_MS = 2000;
@@ -89,7 +89,8 @@ class GuardedRedisStore extends RedisStore implements SessionIndex {
     const early = tag ? parseStamps(global ?? null, ended ?? null) : undefined;
     const expiresAt = this.expiresAt(sess);
     if (expiresAt <= Date.now()) return null;
-    if (!isOwned(sess)) return sess;
+    // a session from before sessions were indexed (no handle) is held to the stamps all the same
+    if (!hasUser(sess)) return sess;
     const user = sess.user.name;
     const stamps = early && tag === userTag(user) ? early : await this.index.stamps(userTag(user));
     const reason = endedBy(stamps, sess);
@@ -104,8 +105,8 @@ class GuardedRedisStore extends RedisStore implements SessionIndex {
 
   // the session first, then its index entry: a crash between the two leaves a session the stamps still end
   private async create(sid: string, sess: SessionData): Promise<void> {
-    await super.set(sid, sess);
-    if (isOwned(sess)) await this.index.add(sess.user.name, activeSession(sid, sess, this.expiresAt(sess)));
+    const [, globalStamp] = await Promise.all([super.set(sid, sess), this.index.globalStamp()]);
+    if (isOwned(sess)) await this.index.add(sess.user.name, activeSession(sid, sess, this.expiresAt(sess)), globalStamp);
   }
 
   // SET XX writes only a key that still exists, and the index entry is written only while it is there: a request

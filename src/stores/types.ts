@@ -28,7 +28,7 @@ export interface SessionEvent {
 export type Audit = (event: SessionEvent) => void;
 
 /**
- * The per-user index both stores keep beside their sessions, with one behaviour (test/session-index.test.ts runs
+ * The per-user index both stores keep beside their sessions, with one behaviour (test/active-sessions.test.ts runs
  * the same suite against each). A session is indexed when a login saves it, kept up to date by its renewals, and
  * leaves the index however it ends; ended sessions are gone from the store at once, and a request that loaded one
  * before cannot write it back.
@@ -64,17 +64,24 @@ export function isOwned(sess: Partial<SessionData>): sess is OwnedSession {
   return sess.user !== undefined && typeof sess.handle === 'string' && sess.device !== undefined && typeof sess.loginAt === 'number';
 }
 
+/** a session a login made, indexed or not (one from before sessions were indexed has no handle or device) */
+export type UserSession = SessionData & Required<Pick<SessionData, 'user' | 'loginAt'>>;
+
+export function hasUser(sess: Partial<SessionData>): sess is UserSession {
+  return sess.user !== undefined && typeof sess.loginAt === 'number';
+}
+
 /** a session as its user's index shows it */
-export function activeSession(sid: string, sess: OwnedSession, expiresAt: number): ActiveSession {
+export function activeSession(sid: string, sess: UserSession, expiresAt: number): ActiveSession {
   return {
-    handle: sess.handle,
+    handle: sess.handle ?? '',
     sid,
     createdAt: sess.loginAt,
     lastSeenAt: sess.cookieRenewedAt ?? sess.loginAt,
     expiresAt,
-    browser: sess.device.browser,
-    os: sess.device.os,
-    ip: sess.device.ip,
+    browser: sess.device?.browser ?? 'Unknown',
+    os: sess.device?.os ?? 'Unknown',
+    ip: sess.device?.ip ?? 'Unknown',
   };
 }
 
