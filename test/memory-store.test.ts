@@ -314,7 +314,7 @@ describe('the heap a full memory store needs', () => {
     expect(heapWarning(loadConfig({ SESSION_STORE: 'redis', SESSION_MEMORY_MAX: '100000000' }), MB)).toBeUndefined();
   });
 
-  it('when the store holds sessions with the longest names, each of its own user, then each takes at most the 1600 bytes the estimate counts', async () => {
+  it('when the store holds sessions with the longest names, each of its own user, then each takes at most the 1700 bytes the estimate counts', async () => {
     const run = spawnNode(['--expose-gc', '-r', 'ts-node/register/transpile-only', path.join(ROOT, 'test', 'fixtures', 'session-heap.ts')], {});
 
     const { code } = await run.exited;
