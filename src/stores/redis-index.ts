@@ -1,9 +1,7 @@
 import { createHash } from 'node:crypto';
-import type { createClient } from 'redis';
 import { userTag, type ExpiryRule } from '../session';
-import { sessionEvent, byLastSeen, type ActiveSession, type Audit, type EndReason } from './types';
+import { sessionEvent, byLastSeen, type ActiveSession, type Audit, type EndReason, type RedisClient } from './types';
 
-type RedisClient = ReturnType<typeof createClient>;
 
 /**
  * The key layout. One user's keys share a hash tag, the user's tag (132 bits of the name's SHA-256, whatever the

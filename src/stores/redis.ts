@@ -8,7 +8,7 @@ import { maskUrlPassword, type Config } from '../config';
 import { StoreUnavailableError } from '../errors';
 import { markLoaded, tagOf, userTag, wasLoaded, type ExpiryRule } from '../session';
 import { endedBy, GLOBAL_STAMP, parseStamps, RedisSessionIndex, tagKeys } from './redis-index';
-import { activeSession, hasUser, isOwned, type ActiveSession, type Audit, type EndReason, type SessionIndex, type SessionStore } from './types';
+import { activeSession, hasUser, isOwned, type ActiveSession, type Audit, type EndReason, type RedisClient, type SessionIndex, type SessionStore } from './types';
 
 // a store operation that has not answered by then fails, so a stalled Redis gives a 503 well within 5 s
 const COMMAND_TIMEOUT_MS = 2000;
@@ -54,7 +54,6 @@ function answer(callback: Callback | undefined, operation: Promise<unknown>): Pr
   );
 }
 
-type RedisClient = ReturnType<typeof createClient>;
 
 // whole seconds until the rule ends a session, rounded up: Redis drops it then, so nothing outlives its rule in memory
 const secondsLeft = (expiresAt: ExpiryRule, sess: SessionData): number => Math.ceil((expiresAt(sess) - Date.now()) / 1000);
@@ -180,7 +179,11 @@ class GuardedRedisStore extends RedisStore implements SessionIndex {
  */
 export function createRedisSessionStore(config: Readonly<Config>, expiresAt: ExpiryRule, logger: Logger, audit?: Audit): SessionStore {
   const where = maskUrlPassword(config.redisUrl);
-  const client = createClient({
+  const client: RedisClient = createClient({
+    // replies as strings and arrays: what the index's scripts answer and the parsers read (redis 6 defaults to RESP3)
+    RESP: 2,
+    // the client's own deadline, the same as the store's (redis 6 has one of 5 s by default)
+    commandOptions: { timeout: COMMAND_TIMEOUT_MS },
     url: config.redisUrl,
     disableOfflineQueue: true,
     // while Redis stalls, commands wait for their deadline; past this many, they fail at once instead

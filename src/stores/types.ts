@@ -1,5 +1,6 @@
 // What the stores offer the rest of the app: below both the factory and each store, so nothing imports in a circle.
 import type { Store as RateLimitStore } from 'express-rate-limit';
+import type { RedisClientType } from 'redis';
 import type { SessionData, Store } from 'express-session';
 import type { Device } from '../session';
 
@@ -92,3 +93,7 @@ export function sessionEvent(event: SessionEvent['event'], user: string, session
 
 /** most recently seen first */
 export const byLastSeen = (a: ActiveSession, b: ActiveSession): number => b.lastSeenAt - a.lastSeenAt;
+
+/** a Redis client as the store makes it: RESP2 replies (strings and arrays, as the scripts and parsers expect) */
+// eslint-disable-next-line @typescript-eslint/no-empty-object-type -- redis's own defaults: no modules, functions, scripts or type mapping
+export type RedisClient = RedisClientType<{}, {}, {}, 2, {}>;
