@@ -642,6 +642,21 @@ describeWith('redis-server', 'active sessions shared by instances on one Redis',
     expect(await own.client().hGet(userKeys(name)[2], handle)).toBeNull();
   });
 
+  it('when a renewal writes its index entry, then it also drops (and logs) the entries that have expired meanwhile', async () => {
+    // idle 2 s, renewal interval 0.2 s
+    const { app, lines } = await instance({ SESSION_IDLE_TIMEOUT_SECONDS: '2' });
+    const name = someone();
+    await login(app, name);
+    await sleep(1000);
+    const later = await login(app, name);
+    await sleep(1300);
+
+    // the first session has expired; the second is renewed: its UPDATE is the only index write since
+    await request(app).get('/user').set('Cookie', later.cookie).expect(200);
+
+    expect(ended(lines, 'idle_timeout').filter((line) => line.user === name)).toHaveLength(1);
+  });
+
   it('when "end everyone" has run and a login then goes past the cap, then the sessions it ended are logged revoked_by_admin, not evicted', async () => {
     const { app, lines } = await instance({ SESSION_MAX_PER_USER: '2' });
     const name = someone();

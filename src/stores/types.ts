@@ -2,6 +2,7 @@
 import type { Store as RateLimitStore } from 'express-rate-limit';
 import type { RedisClientType } from 'redis';
 import type { SessionData, Store } from 'express-session';
+import { UNKNOWN } from '../device';
 import type { Device } from '../session';
 
 /** why a session ended, in the audit log's words */
@@ -80,9 +81,9 @@ export function activeSession(sid: string, sess: UserSession, expiresAt: number)
     createdAt: sess.loginAt,
     lastSeenAt: sess.cookieRenewedAt ?? sess.loginAt,
     expiresAt,
-    browser: sess.device?.browser ?? 'Unknown',
-    os: sess.device?.os ?? 'Unknown',
-    ip: sess.device?.ip ?? 'Unknown',
+    browser: sess.device?.browser ?? UNKNOWN,
+    os: sess.device?.os ?? UNKNOWN,
+    ip: sess.device?.ip ?? UNKNOWN,
   };
 }
 
