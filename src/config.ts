@@ -4,6 +4,25 @@ export type LogLevel = 'silent' | 'error' | 'warn' | 'info' | 'debug';
 export type CookieSecure = boolean | 'auto';
 export type TrustProxy = boolean | number | string[];
 
+/** a Redis node or sentinel, as REDIS_SENTINELS and REDIS_CLUSTER_NODES list them */
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/** credentials and TLS for the data nodes behind Sentinel or Cluster (a URL carries its own) */
+export interface RedisAuth {
+  username: string | undefined;
+  password: string | undefined;
+  tls: boolean;
+}
+
+/** where the Redis store is: one of REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_NODES */
+export type RedisTopology =
+  | { kind: 'url'; url: string }
+  | { kind: 'sentinel'; sentinels: HostPort[]; name: string; auth: RedisAuth }
+  | { kind: 'cluster'; nodes: HostPort[]; auth: RedisAuth };
+
 export interface Config {
   port: number;
   production: boolean;
@@ -15,7 +34,7 @@ export interface Config {
   cookieSecure: CookieSecure;
   trustProxy: TrustProxy;
   sessionStore: 'memory' | 'redis';
-  redisUrl: string;
+  redis: RedisTopology;
   sessionMemoryMax: number;
   loginRateLimitPerMinute: number;
   logLevel: LogLevel;
@@ -107,10 +126,7 @@ export function loadConfig(env: Env): Readonly<Config> {
   }
   const sessionStore = oneOf('SESSION_STORE', ['memory', 'redis'], 'memory');
 
-  const redisUrl = read('REDIS_URL') ?? 'redis://127.0.0.1:6379';
-  if (!isRedisUrl(redisUrl)) {
-    problems.push(`REDIS_URL must be a redis:// or rediss:// URL (got "${maskUrlPassword(redisUrl)}")`);
-  }
+  const redis = readRedisTopology(read, problems);
 
   const sessionMemoryMax = integer('SESSION_MEMORY_MAX', 100_000, 1, 100_000_000);
   const loginRateLimitPerMinute = integer('LOGIN_RATE_LIMIT_PER_MINUTE', 20, 0, 1_000_000);
@@ -134,7 +150,7 @@ export function loadConfig(env: Env): Readonly<Config> {
     cookieSecure,
     trustProxy,
     sessionStore,
-    redisUrl,
+    redis,
     sessionMemoryMax,
     loginRateLimitPerMinute,
     logLevel,
@@ -252,6 +268,60 @@ function isAddressOrSubnet(entry: string): boolean {
   if (version === 0 || rest.length > 0) return false;
   if (bits === undefined) return true;
   return /^\d+$/.test(bits) && Number(bits) <= (version === 4 ? 32 : 128);
+}
+
+const REDIS_TOPOLOGY_VARIABLES = ['REDIS_URL', 'REDIS_SENTINELS', 'REDIS_CLUSTER_NODES'];
+
+/** at most one of the three ways to Redis; none is REDIS_URL's default. Read whatever SESSION_STORE says */
+function readRedisTopology(read: (name: string) => string | undefined, problems: string[]): RedisTopology {
+  const given = REDIS_TOPOLOGY_VARIABLES.filter((name) => read(name) !== undefined);
+  if (given.length > 1) problems.push(`only one of ${given.join(', ')} may be set: each names a whole Redis deployment`);
+
+  const tls = read('REDIS_TLS') ?? 'false';
+  if (tls !== 'true' && tls !== 'false') problems.push(`REDIS_TLS must be one of true, false (got "${tls}")`);
+  const auth: RedisAuth = { username: read('REDIS_USERNAME'), password: read('REDIS_PASSWORD'), tls: tls === 'true' };
+  const name = read('REDIS_SENTINEL_NAME');
+
+  const sentinels = read('REDIS_SENTINELS');
+  const clusterNodes = read('REDIS_CLUSTER_NODES');
+  if (sentinels === undefined && name !== undefined) problems.push('REDIS_SENTINEL_NAME is set, but REDIS_SENTINELS is not');
+  if (sentinels === undefined && clusterNodes === undefined) {
+    const extras = ['REDIS_USERNAME', 'REDIS_PASSWORD', 'REDIS_TLS'].filter((variable) => read(variable) !== undefined);
+    if (extras.length > 0) {
+      problems.push(
+        `${extras.join(', ')} ${extras.length === 1 ? 'applies' : 'apply'} only to REDIS_SENTINELS or REDIS_CLUSTER_NODES; with REDIS_URL, put them in the URL (rediss://user:password@host:port)`,
+      );
+    }
+  }
+  if (sentinels !== undefined) {
+    if (name !== undefined && !/^\S+$/.test(name)) problems.push(`REDIS_SENTINEL_NAME must be one word (got "${name}")`);
+    return { kind: 'sentinel', sentinels: readNodes('REDIS_SENTINELS', sentinels, problems), name: name ?? 'mymaster', auth };
+  }
+  if (clusterNodes !== undefined) return { kind: 'cluster', nodes: readNodes('REDIS_CLUSTER_NODES', clusterNodes, problems), auth };
+
+  const url = read('REDIS_URL') ?? 'redis://127.0.0.1:6379';
+  if (!isRedisUrl(url)) problems.push(`REDIS_URL must be a redis:// or rediss:// URL (got "${maskUrlPassword(url)}")`);
+  return { kind: 'url', url };
+}
+
+/** `host:port,host:port,...`; an IPv6 address in brackets: `[::1]:6379` */
+function readNodes(variable: string, raw: string, problems: string[]): HostPort[] {
+  const nodes: HostPort[] = [];
+  for (const entry of raw.split(',').map((part) => part.trim())) {
+    const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([^\s:[\]/@]+)):(\d{1,5})$/.exec(entry);
+    const port = Number(match?.[3]);
+    if (!match || port < 1 || port > 65535) {
+      problems.push(`${variable} must be a comma-separated list of host:port (got "${entry}")`);
+      continue;
+    }
+    nodes.push({ host: match[1] ?? match[2]!, port });
+  }
+  return nodes;
+}
+
+/** the nodes as a message shows them */
+export function describeNodes(nodes: HostPort[]): string {
+  return nodes.map(({ host, port }) => (host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`)).join(',');
 }
 
 function isRedisUrl(value: string): boolean {

@@ -27,7 +27,7 @@ describe('loadConfig', () => {
       cookieSecure: false,
       trustProxy: false,
       sessionStore: 'memory',
-      redisUrl: 'redis://127.0.0.1:6379',
+      redis: { kind: 'url', url: 'redis://127.0.0.1:6379' },
       sessionMemoryMax: 100000,
       loginRateLimitPerMinute: 20,
       logLevel: 'info',
@@ -64,7 +64,7 @@ describe('loadConfig', () => {
       cookieSecure: true,
       trustProxy: ['loopback', '10.0.0.0/8'],
       sessionStore: 'redis',
-      redisUrl: 'redis://:pw@cache:6380/2',
+      redis: { kind: 'url', url: 'redis://:pw@cache:6380/2' },
       sessionMemoryMax: 5,
       loginRateLimitPerMinute: 0,
       logLevel: 'debug',
@@ -96,6 +96,12 @@ describe('loadConfig', () => {
     ['SESSION_STORE', 'postgres'],
     ['REDIS_URL', 'http://127.0.0.1:6379'],
     ['REDIS_URL', 'not a url'],
+    ['REDIS_SENTINELS', 'sentinel-a'],
+    ['REDIS_SENTINELS', 'sentinel-a:26379,,sentinel-b:26379'],
+    ['REDIS_CLUSTER_NODES', 'node-a:0'],
+    ['REDIS_CLUSTER_NODES', 'redis://node-a:6379'],
+    ['REDIS_SENTINEL_NAME', 'mymaster'],
+    ['REDIS_PASSWORD', 'secret'],
     ['LOG_LEVEL', 'verbose'],
     ['TRUST_PROXY', 'everyone'],
     ['TRUST_PROXY', '10.0.0.0/33'],
@@ -279,6 +285,51 @@ describe('ADMIN_TOKEN and SESSION_MAX_PER_USER', () => {
 
   it.each(['1', '10000'])('when SESSION_MAX_PER_USER is %s, then it is taken', (value) => {
     expect(loadConfig({ SESSION_MAX_PER_USER: value }).sessionMaxPerUser).toBe(Number(value));
+  });
+});
+
+describe('the Redis topology', () => {
+  it('when REDIS_SENTINELS is set, then the sentinels, the master name (mymaster by default) and the data nodes\' credentials are read', () => {
+    expect(loadConfig({ REDIS_SENTINELS: 'sentinel-a:26379, 10.0.0.2:26380,[::1]:26381' }).redis).toEqual({
+      kind: 'sentinel',
+      sentinels: [
+        { host: 'sentinel-a', port: 26379 },
+        { host: '10.0.0.2', port: 26380 },
+        { host: '::1', port: 26381 },
+      ],
+      name: 'mymaster',
+      auth: { username: undefined, password: undefined, tls: false },
+    });
+    expect(
+      loadConfig({ REDIS_SENTINELS: 's:1', REDIS_SENTINEL_NAME: 'sessions', REDIS_USERNAME: 'app', REDIS_PASSWORD: 'pw', REDIS_TLS: 'true' }).redis,
+    ).toMatchObject({ name: 'sessions', auth: { username: 'app', password: 'pw', tls: true } });
+  });
+
+  it('when REDIS_CLUSTER_NODES is set, then its nodes are read', () => {
+    expect(loadConfig({ REDIS_CLUSTER_NODES: 'node-a:7000,node-b:7001', REDIS_PASSWORD: 'pw' }).redis).toEqual({
+      kind: 'cluster',
+      nodes: [
+        { host: 'node-a', port: 7000 },
+        { host: 'node-b', port: 7001 },
+      ],
+      auth: { username: undefined, password: 'pw', tls: false },
+    });
+  });
+
+  it.each([
+    [{ REDIS_URL: 'redis://r:6379', REDIS_SENTINELS: 's:26379' }, 'REDIS_URL, REDIS_SENTINELS'],
+    [{ REDIS_SENTINELS: 's:26379', REDIS_CLUSTER_NODES: 'n:7000' }, 'REDIS_SENTINELS, REDIS_CLUSTER_NODES'],
+    [{ REDIS_URL: 'redis://r:6379', REDIS_SENTINELS: 's:26379', REDIS_CLUSTER_NODES: 'n:7000' }, 'REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_NODES'],
+  ])('when more than one way to Redis is given (%j), then start-up stops naming them', (env, named) => {
+    expect(problemsOf(env)).toEqual([expect.stringContaining(`only one of ${named} may be set`)]);
+  });
+
+  it('when REDIS_TLS is neither true nor false, then start-up stops naming it', () => {
+    expect(problemsOf({ REDIS_CLUSTER_NODES: 'n:7000', REDIS_TLS: 'yes' })).toEqual([expect.stringMatching(/^REDIS_TLS must be one of true, false/)]);
+  });
+
+  it('when none is given, then REDIS_URL\'s default is used', () => {
+    expect(loadConfig({ SESSION_STORE: 'redis' }).redis).toEqual({ kind: 'url', url: 'redis://127.0.0.1:6379' });
   });
 });
 

@@ -1,7 +1,9 @@
-// Real processes for the tests and the benchmark: free ports, the server's entry point, redis-server. No jest
-// globals here, so the benchmark can use it too.
+// Real processes for the tests and the benchmark: free ports, the server's entry point, redis-server and its
+// Sentinel and Cluster topologies. No jest globals here, so the benchmark can use it too.
 import { spawn, spawnSync, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
 
@@ -64,6 +66,45 @@ export async function listening(run: Run): Promise<number> {
   throw new Error(`server did not start:\n${run.output()}`);
 }
 
+// every redis-server a test or the benchmark started, killed when the process leaves even if a stop was missed
+const started = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const child of started) if (child.exitCode === null) child.kill('SIGKILL');
+});
+
+/** redis-server with `args`, resolved once it prints `ready` (killed when this process exits) */
+async function spawnRedis(args: string[], ready: RegExp, cwd?: string): Promise<ChildProcess> {
+  const child = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'], cwd });
+  started.add(child);
+  child.on('exit', () => started.delete(child));
+  let output = '';
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`redis-server did not start:\n${output}`)), 10_000);
+    child.stdout?.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+      if (ready.test(output)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`redis-server exited with ${code}:\n${output}`));
+    });
+  });
+  return child;
+}
+
+const NO_PERSISTENCE = ['--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
+const READY = /Ready to accept connections/;
+
+async function kill(child: ChildProcess | undefined, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exit = once(child, 'exit');
+  child.kill(signal);
+  await exit;
+}
+
 /** A real redis-server of its own on a free loopback port, with no persistence; stop() and start() again. */
 export class RedisServer {
   private process?: ChildProcess;
@@ -81,25 +122,7 @@ export class RedisServer {
   }
 
   async start(): Promise<void> {
-    const child = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    this.process = child;
-    let output = '';
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`redis-server did not start:\n${output}`)), 10_000);
-      child.stdout?.on('data', (chunk: Buffer) => {
-        output += chunk.toString();
-        if (output.includes('Ready to accept connections')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      child.on('exit', (code) => {
-        clearTimeout(timer);
-        reject(new Error(`redis-server exited with ${code}:\n${output}`));
-      });
-    });
+    this.process = await spawnRedis(['--port', String(this.port), ...NO_PERSISTENCE], READY);
   }
 
   /** freezes it (SIGSTOP): connections stay open, nothing answers */
@@ -113,9 +136,230 @@ export class RedisServer {
 
   /** kills it outright, as a crash would */
   async stop(): Promise<void> {
-    const child = this.process;
-    if (!child || child.exitCode !== null) return;
-    child.kill('SIGKILL');
-    await once(child, 'exit');
+    await kill(this.process);
+  }
+}
+
+/** what `redis-cli ARGS` printed; throws when it fails */
+export async function redisCli(args: string[]): Promise<string> {
+  const child = spawn('redis-cli', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const [code] = (await once(child, 'exit')) as [number | null];
+  if (code !== 0) throw new Error(`redis-cli ${args.join(' ')} exited with ${code}:\n${output}`);
+  return output;
+}
+
+/** waits until `check` holds, polling; throws what it last saw after `ms` */
+export async function until(what: string, check: () => Promise<boolean>, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      if (await check()) return;
+    } catch (err) {
+      last = err;
+    }
+    await sleep(100);
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+}
+
+/** one data node of a topology: its port and process */
+export interface RedisNode {
+  port: number;
+  process: ChildProcess | undefined;
+}
+
+const address = (port: number) => `127.0.0.1:${port}`;
+
+/**
+ * A primary, a replica and three sentinels on free loopback ports, in a temporary folder of their own (sentinels
+ * rewrite their configuration file). Fails over in 2 to 3 s: `down-after-milliseconds` 1000, `failover-timeout` 3000.
+ */
+export class SentinelTopology {
+  static readonly NAME = 'mymaster';
+  readonly data: RedisNode[] = [];
+  readonly sentinels: RedisNode[] = [];
+
+  private constructor(readonly dir: string) {}
+
+  static async start(): Promise<SentinelTopology> {
+    const topology = new SentinelTopology(mkdtempSync(path.join(tmpdir(), 'sentinel-')));
+    try {
+      await topology.boot();
+    } catch (err) {
+      await topology.stop();
+      throw err;
+    }
+    return topology;
+  }
+
+  private async boot(): Promise<void> {
+    const primary = await freePort();
+    this.data.push({ port: primary, process: await spawnRedis(['--port', String(primary), ...NO_PERSISTENCE, '--repl-diskless-sync-delay', '0'], READY) });
+    const replica = await freePort();
+    this.data.push({
+      port: replica,
+      process: await spawnRedis(['--port', String(replica), ...NO_PERSISTENCE, '--repl-diskless-sync-delay', '0', '--replicaof', '127.0.0.1', String(primary)], READY),
+    });
+    for (let i = 0; i < 3; i++) {
+      const port = await freePort();
+      const file = path.join(this.dir, `sentinel-${port}.conf`);
+      writeFileSync(
+        file,
+        [
+          `port ${port}`,
+          'bind 127.0.0.1',
+          `dir ${this.dir}`,
+          `sentinel monitor ${SentinelTopology.NAME} 127.0.0.1 ${primary} 2`,
+          `sentinel down-after-milliseconds ${SentinelTopology.NAME} 1000`,
+          `sentinel failover-timeout ${SentinelTopology.NAME} 3000`,
+          `sentinel parallel-syncs ${SentinelTopology.NAME} 1`,
+          '',
+        ].join('\n'),
+      );
+      this.sentinels.push({ port, process: await spawnRedis([file, '--sentinel'], /\+monitor master/) });
+    }
+    // failover needs each sentinel to know the replica and the other two sentinels
+    await until('the sentinels to know the replica and each other', async () => {
+      for (const sentinel of this.sentinels) {
+        const replicas = await redisCli(['-p', String(sentinel.port), 'SENTINEL', 'REPLICAS', SentinelTopology.NAME]);
+        const peers = await redisCli(['-p', String(sentinel.port), 'SENTINEL', 'SENTINELS', SentinelTopology.NAME]);
+        if (!replicas.includes(String(this.data[1]!.port)) || peers.split('\n').filter((line) => line === 'runid').length < 2) return false;
+      }
+      return (await redisCli(['-p', String(replica), 'INFO', 'replication'])).includes('master_link_status:up');
+    });
+  }
+
+  /** `host:port,...` of the sentinels, as REDIS_SENTINELS takes them */
+  get sentinelList(): string {
+    return this.sentinels.map((node) => address(node.port)).join(',');
+  }
+
+  /** the port of the primary the sentinels name now */
+  async primaryPort(): Promise<number> {
+    const reply = await redisCli(['-p', String(this.sentinels[0]!.port), 'SENTINEL', 'GET-MASTER-ADDR-BY-NAME', SentinelTopology.NAME]);
+    return Number(reply.trim().split('\n')[1]);
+  }
+
+  /** kill -9 of the primary; resolves with its port */
+  async killPrimary(): Promise<number> {
+    const port = await this.primaryPort();
+    await kill(this.data.find((node) => node.port === port)?.process);
+    return port;
+  }
+
+  /** waits until the sentinels name a primary other than `old`, which answers as one */
+  async failedOver(old: number): Promise<number> {
+    let now = old;
+    await until('the sentinels to promote the replica', async () => {
+      now = await this.primaryPort();
+      return now !== old && (await redisCli(['-p', String(now), 'ROLE'])).startsWith('master');
+    });
+    return now;
+  }
+
+  /** starts the killed node again on its port (it comes back as a replica, as the sentinels reconfigure it) */
+  async restart(port: number): Promise<void> {
+    const node = this.data.find((candidate) => candidate.port === port)!;
+    node.process = await spawnRedis(['--port', String(port), ...NO_PERSISTENCE, '--repl-diskless-sync-delay', '0'], READY);
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([...this.sentinels, ...this.data].map((node) => kill(node.process)));
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Redis Cluster: three primaries and three replicas on free loopback ports, in a temporary folder of their own (each
+ * node writes its nodes.conf). `cluster-node-timeout` 1000: a replica takes over a dead primary in 2 to 3 s.
+ */
+export class ClusterTopology {
+  readonly nodes: RedisNode[] = [];
+
+  private constructor(readonly dir: string) {}
+
+  static async start(): Promise<ClusterTopology> {
+    const topology = new ClusterTopology(mkdtempSync(path.join(tmpdir(), 'cluster-')));
+    try {
+      await topology.boot();
+    } catch (err) {
+      await topology.stop();
+      throw err;
+    }
+    return topology;
+  }
+
+  private args(port: number): string[] {
+    return [
+      '--port', String(port), ...NO_PERSISTENCE, '--dir', this.dir,
+      '--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '1000',
+      '--repl-diskless-sync-delay', '0',
+    ];
+  }
+
+  private async boot(): Promise<void> {
+    const ports: number[] = [];
+    for (let i = 0; i < 6; i++) ports.push(await freePort());
+    await Promise.all(ports.map(async (port) => this.nodes.push({ port, process: await spawnRedis(this.args(port), READY) })));
+    await redisCli(['--cluster', 'create', ...ports.map(address), '--cluster-replicas', '1', '--cluster-yes']);
+    await until('the cluster to cover every slot, with a synced replica for each primary', async () => {
+      const roles = await Promise.all(ports.map((port) => redisCli(['-p', String(port), 'INFO', 'replication'])));
+      const states = await Promise.all(ports.map((port) => redisCli(['-p', String(port), 'CLUSTER', 'INFO'])));
+      const synced = roles.filter((role) => role.includes('master_link_status:up')).length;
+      return synced === 3 && states.every((state) => state.includes('cluster_state:ok'));
+    });
+  }
+
+  /** `host:port,...` of every node, as REDIS_CLUSTER_NODES takes them */
+  get nodeList(): string {
+    return this.nodes.map((node) => address(node.port)).join(',');
+  }
+
+  /** the live primaries, by port, with the slot ranges each serves */
+  async primaries(): Promise<Map<number, [number, number][]>> {
+    const live = this.nodes.find((node) => node.process && node.process.exitCode === null && node.process.signalCode === null)!;
+    const lines = (await redisCli(['-p', String(live.port), 'CLUSTER', 'NODES'])).trim().split('\n');
+    const primaries = new Map<number, [number, number][]>();
+    for (const line of lines) {
+      const [, addr = '', flags = '', , , , , state, ...slots] = line.split(' ');
+      if (!flags.includes('master') || flags.includes('fail') || state !== 'connected' || slots.length === 0) continue;
+      const port = Number(addr.split('@')[0]!.split(':')[1]);
+      primaries.set(port, slots.map((range) => range.split('-').map(Number) as [number, number]).map(([from, to]) => [from, to ?? from]));
+    }
+    return primaries;
+  }
+
+  /** the port of the primary serving `key` */
+  async primaryOf(key: string): Promise<number> {
+    const slot = Number((await redisCli(['-p', String(this.nodes[0]!.port), 'CLUSTER', 'KEYSLOT', key])).trim());
+    for (const [port, ranges] of await this.primaries()) {
+      if (ranges.some(([from, to]) => slot >= from && slot <= to)) return port;
+    }
+    throw new Error(`no primary serves slot ${slot}`);
+  }
+
+  /** kill -9 of the node on `port` */
+  async kill(port: number): Promise<void> {
+    await kill(this.nodes.find((node) => node.port === port)?.process);
+  }
+
+  /** waits until every slot is served again, by primaries other than the dead one; resolves with them */
+  async healed(dead: number): Promise<Map<number, [number, number][]>> {
+    let primaries = new Map<number, [number, number][]>();
+    await until('a replica to take over every slot of the dead primary', async () => {
+      primaries = await this.primaries();
+      const covered = [...primaries.values()].flat().reduce((sum, [from, to]) => sum + to - from + 1, 0);
+      return !primaries.has(dead) && covered === 16384;
+    });
+    return primaries;
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.nodes.map((node) => kill(node.process)));
+    rmSync(this.dir, { recursive: true, force: true });
   }
 }

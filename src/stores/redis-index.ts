@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { userTag, type ExpiryRule } from '../session';
-import { sessionEvent, byLastSeen, type ActiveSession, type Audit, type EndReason, type RedisClient } from './types';
+import { tagOf, userTag, type ExpiryRule } from '../session';
+import { sessionEvent, byLastSeen, type ActiveSession, type Audit, type EndReason, type RedisCommands } from './types';
 
 
 /**
@@ -26,6 +26,17 @@ export function tagKeys(tag: string): [expiry: string, seen: string, info: strin
 }
 
 export const userKeys = (user: string) => tagKeys(userTag(user));
+
+/**
+ * Where connect-redis's prefix puts a session: `sess:ID`. On a cluster, a login's session goes in its user's slot,
+ * `sess:{TAG}ID`, so one MGET reads it with the user's stamp and one shard holds all of a user's keys.
+ */
+export const sessionKeys =
+  (prefix: string, sharded: boolean) =>
+  (sid: string): string => {
+    const tag = sharded ? tagOf(sid) : undefined;
+    return tag === undefined ? prefix + sid : `${prefix}{${tag}}${sid}`;
+  };
 
 // shared by every script: KEYS are one user's four keys. Scripts answer with what they took out of the index as
 // (label, entry) pairs: 'timeout', 'global' (the global stamp), an end reason, or 'live' for an entry kept
@@ -164,13 +175,15 @@ export interface Stamps {
   user: { before: number; except: string; reason: EndReason } | undefined;
 }
 
-/** the stamps as Redis holds them (GLOBAL_STAMP and the user's `ended` key) */
-export function parseStamps(global: string | null, user: string | null): Stamps {
+/** the stamps as Redis holds them: the global stamp (-1 for none) and the user's `ended` key */
+export function parseStamps(global: number, user: string | null | undefined): Stamps {
   return {
-    global: global === null ? undefined : Number(global),
-    user: user === null ? undefined : (JSON.parse(user) as Stamps['user']),
+    global: global < 0 ? undefined : global,
+    user: user ? (JSON.parse(user) as Stamps['user']) : undefined,
   };
 }
+
+const stampValue = (raw: string | null | undefined): number => (raw ? Number(raw) : -1);
 
 /** why the stamps end `session`, or undefined while they do not */
 export function endedBy(stamps: Stamps, session: { loginAt: number; handle: string }): EndReason | undefined {
@@ -189,13 +202,33 @@ export function endedBy(stamps: Stamps, session: { loginAt: number; handle: stri
  */
 export class RedisSessionIndex {
   private readonly stampLifetimeMs: number;
+  // the global stamp as this process last read it
+  private lastGlobal: number | undefined;
 
   constructor(
-    private readonly redis: RedisClient,
-    private readonly sessionKey: (sid: string) => string,
+    private readonly redis: RedisCommands,
+    /** a cluster: the global stamp sits in a slot of its own, read beside the user's keys rather than with them */
+    private readonly sharded: boolean,
+    readonly sessionKey: (sid: string) => string,
     private readonly options: { expiresAt: ExpiryRule; absoluteTimeoutSeconds: number; maxPerUser: number; audit?: Audit },
   ) {
     this.stampLifetimeMs = options.absoluteTimeoutSeconds * 1000 + STAMP_MARGIN_MS;
+  }
+
+  /**
+   * A session's stored JSON and, when its ID carries its user's tag, both stamps: one MGET; on a cluster one MGET
+   * in the user's slot and a GET of the global stamp, sent together.
+   */
+  async load(sid: string): Promise<{ raw: string | null; stamps: Stamps | undefined }> {
+    const tag = tagOf(sid);
+    const key = this.sessionKey(sid);
+    if (tag === undefined) return { raw: (await this.redis.get(key)) ?? null, stamps: undefined };
+    if (!this.sharded) {
+      const [raw, global, ended] = await this.redis.mGet([key, GLOBAL_STAMP, tagKeys(tag)[3]]);
+      return { raw: raw ?? null, stamps: parseStamps(stampValue(global), ended) };
+    }
+    const [[raw, ended], global] = await Promise.all([this.redis.mGet([key, tagKeys(tag)[3]]), this.globalStamp()]);
+    return { raw: raw ?? null, stamps: parseStamps(global, ended) };
   }
 
   /** a login's session joins its user's index; past the cap, the least recently seen other one ends */
@@ -252,10 +285,14 @@ export class RedisSessionIndex {
     return null;
   }
 
-  /** both stamps for a session of the user with this tag, in one MGET (the store reads them with the session) */
+  /** both stamps for a session of the user with this tag (the store reads them with the session when it can) */
   async stamps(tag: string): Promise<Stamps> {
+    if (this.sharded) {
+      const [global, user] = await Promise.all([this.globalStamp(), this.redis.get(tagKeys(tag)[3])]);
+      return parseStamps(global, user);
+    }
     const [global, user] = await this.redis.mGet([GLOBAL_STAMP, tagKeys(tag)[3]]);
-    return parseStamps(global ?? null, user ?? null);
+    return parseStamps(stampValue(global), user);
   }
 
   /** a loaded session the stamps end: its key and entry go, and the audit log hears of it from whoever deleted it */
@@ -265,10 +302,18 @@ export class RedisSessionIndex {
     if (deleted === 1) this.options.audit?.(sessionEvent('session_ended', user, session, reason));
   }
 
-  /** the global stamp, -1 for none */
+  /**
+   * The global stamp, -1 for none. On a cluster it lives on one shard, and the other shards' users must not fail
+   * with it: while it cannot be read, the value this process last read stands in. It only ever moves forward, and
+   * while its shard is away no one can move it.
+   */
   async globalStamp(): Promise<number> {
-    const before = await this.redis.get(GLOBAL_STAMP);
-    return before ? Number(before) : -1;
+    try {
+      this.lastGlobal = stampValue(await this.redis.get(GLOBAL_STAMP));
+    } catch (err) {
+      if (!this.sharded || this.lastGlobal === undefined) throw err;
+    }
+    return this.lastGlobal;
   }
 
   /**

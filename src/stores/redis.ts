@@ -3,20 +3,12 @@ import type { Request } from 'express';
 import type { Options as RateLimitOptions, Store as RateLimitStore } from 'express-rate-limit';
 import type { SessionData } from 'express-session';
 import type { Logger } from 'pino';
-import { createClient } from 'redis';
-import { maskUrlPassword, type Config } from '../config';
+import type { Config } from '../config';
 import { StoreUnavailableError } from '../errors';
 import { markLoaded, tagOf, userTag, wasLoaded, type ExpiryRule } from '../session';
-import { endedBy, GLOBAL_STAMP, parseStamps, RedisSessionIndex, tagKeys } from './redis-index';
-import { activeSession, hasUser, isOwned, type ActiveSession, type Audit, type EndReason, type RedisClient, type SessionIndex, type SessionStore } from './types';
-
-// a store operation that has not answered by then fails, so a stalled Redis gives a 503 well within 5 s
-const COMMAND_TIMEOUT_MS = 2000;
-// start-up waits this long for Redis (it may be starting beside us), then gives up well within 15 s
-const STARTUP_TIMEOUT_MS = 10_000;
-// a clean QUIT waits for every command still queued; past this, the connection is dropped instead
-const CLOSE_TIMEOUT_MS = 1000;
-const MAX_RECONNECT_DELAY_MS = 2000;
+import { endedBy, RedisSessionIndex, sessionKeys } from './redis-index';
+import { COMMAND_TIMEOUT_MS, connectRedis, type RedisConnection } from './redis-topology';
+import { activeSession, hasUser, isOwned, type ActiveSession, type Audit, type EndReason, type RedisCommands, type SessionIndex, type SessionStore } from './types';
 
 type Callback = (err?: unknown, data?: SessionData | null) => unknown;
 
@@ -60,14 +52,18 @@ const secondsLeft = (expiresAt: ExpiryRule, sess: SessionData): number => Math.c
 
 class GuardedRedisStore extends RedisStore implements SessionIndex {
   private readonly index: RedisSessionIndex;
+  private readonly redis: RedisCommands;
+  private readonly key: (sid: string) => string;
 
   constructor(
-    private readonly redis: RedisClient,
+    connection: Pick<RedisConnection, 'commands' | 'sharded'>,
     private readonly expiresAt: ExpiryRule,
     options: { absoluteTimeoutSeconds: number; maxPerUser: number; audit?: Audit },
   ) {
-    super({ client: redis, ttl: (sess: SessionData) => secondsLeft(expiresAt, sess) });
-    this.index = new RedisSessionIndex(redis, (sid) => this.prefix + sid, { ...options, expiresAt });
+    super({ client: connection.commands, ttl: (sess: SessionData) => secondsLeft(expiresAt, sess) });
+    this.redis = connection.commands;
+    this.key = sessionKeys(this.prefix, connection.sharded);
+    this.index = new RedisSessionIndex(this.redis, connection.sharded, this.key, { ...options, expiresAt });
   }
 
   // without a callback, connect-redis's methods resolve with their result or reject with the Redis error
@@ -80,12 +76,10 @@ class GuardedRedisStore extends RedisStore implements SessionIndex {
   // one its user or an operator has ended: the stamps end what the index may have missed. A login's session ID
   // starts with its user's tag, so the stamps are read with the session, in the same round trip
   private async loadLive(sid: string): Promise<SessionData | null> {
-    const tag = tagOf(sid);
-    // one MGET for the three keys; on Redis Cluster, where they sit in different slots, it would be three GETs
-    const [raw, global, ended] = await this.redis.mGet([this.prefix + sid, GLOBAL_STAMP, ...(tag ? [tagKeys(tag)[3]] : [])]);
+    const { raw, stamps: early } = await this.index.load(sid);
     if (!raw) return null;
     const sess = (await this.serializer.parse(raw)) as SessionData;
-    const early = tag ? parseStamps(global ?? null, ended ?? null) : undefined;
+    const tag = tagOf(sid);
     const expiresAt = this.expiresAt(sess);
     if (expiresAt <= Date.now()) return null;
     // a session from before sessions were indexed (no handle) is held to the stamps all the same
@@ -104,7 +98,12 @@ class GuardedRedisStore extends RedisStore implements SessionIndex {
 
   // the session first, then its index entry: a crash between the two leaves a session the stamps still end
   private async create(sid: string, sess: SessionData): Promise<void> {
-    const [, globalStamp] = await Promise.all([super.set(sid, sess), this.index.globalStamp()]);
+    const ttl = secondsLeft(this.expiresAt, sess);
+    if (ttl <= 0) return;
+    const [, globalStamp] = await Promise.all([
+      this.redis.set(this.key(sid), this.serializer.stringify(sess), { expiration: { type: 'EX', value: ttl } }),
+      this.index.globalStamp(),
+    ]);
     if (isOwned(sess)) await this.index.add(sess.user.name, activeSession(sid, sess, this.expiresAt(sess)), globalStamp);
   }
 
@@ -113,11 +112,11 @@ class GuardedRedisStore extends RedisStore implements SessionIndex {
   private async update(sid: string, sess: SessionData): Promise<void> {
     const ttl = secondsLeft(this.expiresAt, sess);
     if (ttl <= 0) {
-      await this.redis.del(this.prefix + sid);
+      await this.redis.del(this.key(sid));
       return;
     }
     await Promise.all([
-      this.redis.set(this.prefix + sid, this.serializer.stringify(sess), {
+      this.redis.set(this.key(sid), this.serializer.stringify(sess), {
         expiration: { type: 'EX', value: ttl },
         condition: 'XX',
       }),
@@ -150,7 +149,7 @@ class GuardedRedisStore extends RedisStore implements SessionIndex {
   }
 
   private async end(sid: string): Promise<void> {
-    const raw = await this.redis.getDel(this.prefix + sid);
+    const raw = await this.redis.getDel(this.key(sid));
     if (raw === null) return;
     const sess = (await this.serializer.parse(raw)) as SessionData;
     if (isOwned(sess)) await this.index.remove(sess.user.name, sess.handle, 'logout');
@@ -174,69 +173,22 @@ class GuardedRedisStore extends RedisStore implements SessionIndex {
 }
 
 /**
- * Sessions in Redis through connect-redis, shared by every instance. While Redis is away, commands fail at
- * once instead of queueing (no request hangs), and the client reconnects by itself.
+ * Sessions in Redis through connect-redis, shared by every instance, on one Redis, behind Sentinel or on a Cluster
+ * (see redis-topology.ts): the same keys, scripts, deadlines and 503 answers on each.
  */
 export function createRedisSessionStore(config: Readonly<Config>, expiresAt: ExpiryRule, logger: Logger, audit?: Audit): SessionStore {
-  const where = maskUrlPassword(config.redisUrl);
-  const client: RedisClient = createClient({
-    // replies as strings and arrays: what the index's scripts answer and the parsers read (redis 6 defaults to RESP3)
-    RESP: 2,
-    // no per-command timeout of the client's (redis 6 sets one of 5 s by default, an AbortSignal.timeout for each
-    // command, which cost about a tenth of a GET /user): withDeadline gives every store operation its 2 s
-    commandOptions: { timeout: 0 },
-    url: config.redisUrl,
-    disableOfflineQueue: true,
-    // while Redis stalls, commands wait for their deadline; past this many, they fail at once instead
-    commandsQueueMaxLength: 10_000,
-    socket: {
-      connectTimeout: COMMAND_TIMEOUT_MS,
-      reconnectStrategy: (retries) => Math.min(100 * 2 ** retries, MAX_RECONNECT_DELAY_MS),
-    },
-  });
-  let lastError: unknown;
-  client.on('error', (err: unknown) => {
-    lastError = err;
-    logger.warn({ err, redis: where }, 'redis connection error');
-  });
-
-  const store = new GuardedRedisStore(client, expiresAt, {
+  const redis = connectRedis(config.redis, logger);
+  const store = new GuardedRedisStore(redis, expiresAt, {
     absoluteTimeoutSeconds: config.absoluteTimeoutSeconds,
     maxPerUser: config.sessionMaxPerUser,
     audit,
   });
-
   return {
     store,
-    async ready() {
-      let timer: NodeJS.Timeout | undefined;
-      const timedOut = new Promise<never>((_resolve, reject) => {
-        timer = setTimeout(() => reject(new Error('timed out')), STARTUP_TIMEOUT_MS);
-      });
-      try {
-        await Promise.race([client.connect(), timedOut]);
-      } catch (err) {
-        client.destroy();
-        // the socket's last error says more ("ECONNREFUSED") than the timeout that ended the wait
-        const seen = lastError ?? err;
-        const reason = seen instanceof Error ? seen.message : String(seen);
-        throw new Error(`Cannot reach Redis at ${where} (SESSION_STORE=redis): ${reason}`, { cause: err });
-      } finally {
-        clearTimeout(timer);
-      }
-    },
+    ready: () => redis.connect(),
     // the login limit counted in Redis as well, so all instances share one budget per client
-    rateLimitStore: () => new RedisLoginCounter(client),
-    async close() {
-      // a clean QUIT when Redis is there, but never longer than CLOSE_TIMEOUT_MS: a stalled Redis never
-      // answers it, and node-redis waits for every command still queued (a deadline stops waiting, not the command)
-      if (client.isReady) {
-        let timer: NodeJS.Timeout | undefined;
-        const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_TIMEOUT_MS)));
-        await Promise.race([client.close().catch(() => {}), late]).finally(() => clearTimeout(timer));
-      }
-      if (client.isOpen) client.destroy();
-    },
+    rateLimitStore: () => new RedisLoginCounter(redis.commands),
+    close: () => redis.close(),
   };
 }
 
@@ -255,7 +207,7 @@ export class RedisLoginCounter implements RateLimitStore {
   readonly localKeys = false;
   private windowMs = 60_000;
 
-  constructor(private readonly redis: RedisClient) {}
+  constructor(private readonly redis: RedisCommands) {}
 
   init(options: RateLimitOptions): void {
     this.windowMs = options.windowMs;

@@ -98,3 +98,21 @@ export const byLastSeen = (a: ActiveSession, b: ActiveSession): number => b.last
 /** a Redis client as the store makes it: RESP2 replies (strings and arrays, as the scripts and parsers expect) */
 // eslint-disable-next-line @typescript-eslint/no-empty-object-type -- redis's own defaults: no modules, functions, scripts or type mapping
 export type RedisClient = RedisClientType<{}, {}, {}, 2, {}>;
+
+/** a MULTI of the login counter's commands, all on one key (so one cluster slot) */
+export interface RedisTransaction {
+  get(key: string): RedisTransaction;
+  pTTL(key: string): RedisTransaction;
+  incr(key: string): RedisTransaction;
+  decr(key: string): RedisTransaction;
+  set(key: string, value: string, options: { expiration: { type: 'PX'; value: number }; condition: 'NX' }): RedisTransaction;
+  exec(): Promise<unknown[]>;
+}
+
+/**
+ * The commands the Redis store sends, which a client, a Sentinel client and a Cluster client all offer with these
+ * signatures (the compiler checks each against it). On a cluster, the keys of one MGET, script or MULTI must share a slot.
+ */
+export type RedisCommands = Pick<RedisClient, 'get' | 'set' | 'getDel' | 'del' | 'exists' | 'evalSha' | 'eval' | 'mGet' | 'pExpire'> & {
+  multi(): RedisTransaction;
+};

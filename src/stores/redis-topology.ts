@@ -1,0 +1,193 @@
+import type { Logger } from 'pino';
+import { createClient, createCluster, createSentinel } from 'redis';
+import { describeNodes, maskUrlPassword, type RedisAuth, type RedisTopology } from '../config';
+import type { RedisCommands } from './types';
+
+// a store operation that has not answered by then fails, so a stalled Redis gives a 503 well within 5 s
+export const COMMAND_TIMEOUT_MS = 2000;
+// start-up waits this long for Redis (it may be starting beside us), then gives up well within 15 s
+const STARTUP_TIMEOUT_MS = 10_000;
+// a clean close waits for every command still queued; past this, the connections are dropped instead
+const CLOSE_TIMEOUT_MS = 1000;
+// a node that went away is tried again this often at most: soon after a failover, it is back as a replica
+const MAX_RECONNECT_DELAY_MS = 1000;
+// how often the Sentinel client asks the sentinels who the primary is, besides what they announce
+const SENTINEL_SCAN_INTERVAL_MS = 1000;
+// a cluster client reads the slot map again this long after a node stopped answering: time for a replica to take over
+const CLUSTER_REFRESH_AFTER_MS = 1000;
+
+/** One Redis deployment, whichever of the three it is, as the store uses it. */
+export interface RedisConnection {
+  /** the commands the store, its index and the login limit send; each topology routes them to its primaries */
+  commands: RedisCommands;
+  /** a cluster: keys in different slots cannot be read by one MGET */
+  sharded: boolean;
+  /** where it is, for messages: the nodes and the variable that named them, never a password */
+  where: string;
+  /** resolves once commands can be served; rejects within STARTUP_TIMEOUT_MS saying why not */
+  connect(): Promise<void>;
+  close(): Promise<void>;
+}
+
+// what every connection to a data node is given. While a node is away its commands fail at once instead of
+// queueing (no request hangs: the Sentinel client alone holds commands across a failover, and the store's
+// deadline bounds those), and it is tried again by itself
+const nodeOptions = (auth?: RedisAuth) => ({
+  username: auth?.username,
+  password: auth?.password,
+  disableOfflineQueue: true,
+  // while Redis stalls, commands wait for their deadline; past this many, they fail at once instead
+  commandsQueueMaxLength: 10_000,
+  socket: {
+    connectTimeout: COMMAND_TIMEOUT_MS,
+    reconnectStrategy: (retries: number) => Math.min(100 * 2 ** retries, MAX_RECONNECT_DELAY_MS),
+    ...(auth?.tls ? { tls: true as const } : {}),
+  },
+});
+
+const commanderOptions = {
+  // replies as strings and arrays: what the index's scripts answer and the parsers read (redis 6 defaults to RESP3)
+  RESP: 2 as const,
+  // no per-command timeout of the client's (redis 6 sets one of 5 s by default, an AbortSignal.timeout for each
+  // command, which cost about a tenth of a GET /user): the store's own deadline gives every operation its 2 s
+  commandOptions: { timeout: 0 },
+};
+
+interface Client {
+  commands: RedisCommands;
+  connect(): Promise<unknown>;
+  /** after connect: anything that makes the deployment unfit to serve, in words; undefined when it is fit */
+  unfit?(): Promise<string | undefined>;
+  close(): Promise<unknown>;
+  destroy(): unknown;
+  on(event: string, listener: (err: unknown) => void): unknown;
+  errorEvents: string[];
+}
+
+function client(topology: RedisTopology): Client {
+  switch (topology.kind) {
+    case 'url': {
+      const redis = createClient({ ...commanderOptions, ...nodeOptions(), url: topology.url });
+      return { commands: redis, connect: () => redis.connect(), close: () => redis.close(), destroy: () => redis.destroy(), on: (e, l) => redis.on(e, l), errorEvents: ['error'] };
+    }
+    case 'sentinel': {
+      const sentinel = createSentinel({
+        ...commanderOptions,
+        name: topology.name,
+        sentinelRootNodes: topology.sentinels,
+        nodeClientOptions: nodeOptions(topology.auth),
+        sentinelClientOptions: { socket: nodeOptions().socket },
+        // the client only learns of a failover when told: ask as well, or a missed announcement is never noticed
+        scanInterval: SENTINEL_SCAN_INTERVAL_MS,
+        passthroughClientErrorEvents: true,
+      });
+      return {
+        commands: sentinel,
+        connect: () => sentinel.connect(),
+        close: () => sentinel.close(),
+        destroy: () => sentinel.destroy(),
+        on: (e, l) => sentinel.on(e, l),
+        errorEvents: ['error'],
+      };
+    }
+    case 'cluster': {
+      const cluster = createCluster({
+        ...commanderOptions,
+        rootNodes: topology.nodes.map((node) => ({ socket: node })),
+        defaults: nodeOptions(topology.auth),
+        topologyRefreshOnReconnectionAttemptStrategy: CLUSTER_REFRESH_AFTER_MS,
+      });
+      return {
+        commands: cluster,
+        connect: () => cluster.connect(),
+        // a cluster that answers but leaves slots unserved would fail a share of sessions for good
+        async unfit() {
+          const info = String(await cluster.sendCommand(undefined, true, ['CLUSTER', 'INFO']));
+          return info.includes('cluster_state:ok') ? undefined : 'it is up but does not serve every slot (cluster_state:fail)';
+        },
+        close: () => cluster.close(),
+        destroy: () => cluster.destroy(),
+        on: (e, l) => cluster.on(e, l),
+        errorEvents: ['error', 'node-error'],
+      };
+    }
+  }
+}
+
+/** where a topology is, and the variable that named it, as messages say it */
+export function describeTopology(topology: RedisTopology): string {
+  switch (topology.kind) {
+    case 'url':
+      return `Redis at ${maskUrlPassword(topology.url)}`;
+    case 'sentinel':
+      return `Redis Sentinel "${topology.name}" at ${describeNodes(topology.sentinels)} (REDIS_SENTINELS)`;
+    case 'cluster':
+      return `Redis Cluster at ${describeNodes(topology.nodes)} (REDIS_CLUSTER_NODES)`;
+  }
+}
+
+/**
+ * A connection to the Redis deployment the configuration names: one Redis (REDIS_URL), a primary found through
+ * Sentinel (REDIS_SENTINELS), or a Cluster (REDIS_CLUSTER_NODES). Every connection answers in RESP2 with no
+ * per-command timeout of its own, fails commands at once while its node is away, and reconnects by itself.
+ */
+export function connectRedis(topology: RedisTopology, logger: Logger): RedisConnection {
+  const where = describeTopology(topology);
+  const redis = client(topology);
+  let lastError: unknown;
+  for (const event of redis.errorEvents) {
+    redis.on(event, (err: unknown) => {
+      lastError = err;
+      logger.warn({ err, redis: where }, 'redis connection error');
+    });
+  }
+  let connected = false;
+  const drop = async () => {
+    try {
+      await redis.destroy();
+    } catch {
+      // closed already
+    }
+  };
+
+  return {
+    commands: redis.commands,
+    sharded: topology.kind === 'cluster',
+    where,
+    async connect() {
+      const deadline = Date.now() + STARTUP_TIMEOUT_MS;
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => reject(new Error('timed out')), STARTUP_TIMEOUT_MS);
+      });
+      try {
+        await Promise.race([redis.connect(), timedOut]);
+        connected = true;
+        // a cluster still electing a primary may be fit a moment later: ask again until the deadline
+        for (let unfit = await redis.unfit?.(); unfit !== undefined; unfit = await redis.unfit?.()) {
+          if (Date.now() >= deadline) throw new Error(`${where}: ${unfit}`);
+          await new Promise((resolve) => setTimeout(resolve, 250));
+        }
+      } catch (err) {
+        await drop();
+        if (err instanceof Error && err.message.startsWith(where)) throw err;
+        // the socket's last error says more ("ECONNREFUSED") than the timeout that ended the wait
+        const seen = lastError ?? err;
+        const reason = seen instanceof Error ? seen.message : String(seen);
+        throw new Error(`Cannot reach ${where} (SESSION_STORE=redis): ${reason}`, { cause: err });
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+    async close() {
+      if (!connected) return;
+      connected = false;
+      // a clean close when Redis is there, but never longer than CLOSE_TIMEOUT_MS: a stalled Redis never answers
+      // it, and the client waits for every command still queued (a deadline stops waiting, not the command)
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), CLOSE_TIMEOUT_MS)));
+      const closed = await Promise.race([redis.close().then(() => 'closed', () => 'late'), late]).finally(() => clearTimeout(timer));
+      if (closed === 'late') await drop();
+    },
+  };
+}
