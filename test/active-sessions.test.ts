@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Express } from 'express';
-import { createClient } from 'redis';
+import { createClient, createCluster } from 'redis';
 import request from 'supertest';
 import { createApp } from '../src/app';
 import { DEVELOPMENT_SECRET, type Env } from '../src/config';
@@ -13,6 +13,7 @@ import {
   describeWith,
   loadSession,
   RedisServer,
+  ClusterTopology,
   saveSession,
   sessionId,
   setCookies,
@@ -27,7 +28,7 @@ export const FIREFOX = 'Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Geck
 export const SAFARI_IOS =
   'Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1';
 
-type Kind = 'memory' | 'redis';
+type Kind = 'memory' | 'redis' | 'cluster';
 
 interface Instance {
   app: Express;
@@ -41,31 +42,48 @@ interface World {
   instance(env?: Env): Promise<Instance>;
   /** a client of the test's own on the block's redis-server (Redis only) */
   client(): ReturnType<typeof createClient>;
+  /** a client of the test's own on the block's Redis or Redis Cluster, to look at keys */
+  inspector(): Pick<ReturnType<typeof createClient>, 'zScore' | 'hGet'>;
 }
 
-/** app instances on one store of `kind`: memory (each instance its own) or one redis-server for the block */
+/**
+ * app instances on one store of `kind`: memory (each instance its own), one redis-server or one Redis Cluster
+ * (three primaries, three replicas) for the block
+ */
 function world(kind: Kind): World {
   let redis: RedisServer | undefined;
+  let cluster: ClusterTopology | undefined;
   let client: ReturnType<typeof createClient> | undefined;
+  let clusterClient: ReturnType<typeof createCluster> | undefined;
   const opened: SessionStore[] = [];
 
   beforeAll(async () => {
-    if (kind !== 'redis') return;
-    redis = await RedisServer.start();
-    client = createClient({ url: redis.url });
-    client.on('error', () => {});
-    await client.connect();
+    if (kind === 'redis') {
+      redis = await RedisServer.start();
+      client = createClient({ url: redis.url });
+      client.on('error', () => {});
+      await client.connect();
+    }
+    if (kind === 'cluster') {
+      cluster = await ClusterTopology.start();
+      clusterClient = createCluster({ rootNodes: [{ socket: { host: '127.0.0.1', port: cluster.nodes[0]!.port } }] });
+      clusterClient.on('error', () => {});
+      await clusterClient.connect();
+    }
   });
 
   afterAll(async () => {
     await Promise.all(opened.map((sessions) => sessions.close().catch(() => {})));
     client?.destroy();
+    clusterClient?.destroy();
     await redis?.stop();
+    await cluster?.stop();
   });
 
   return {
     async instance(env: Env = {}) {
-      const config = testConfig({ SESSION_STORE: kind, REDIS_URL: redis?.url, ADMIN_TOKEN, ...env });
+      const where = cluster ? { SESSION_STORE: 'redis', REDIS_CLUSTER_NODES: cluster.nodeList } : { SESSION_STORE: kind, REDIS_URL: redis?.url };
+      const config = testConfig({ ...where, ADMIN_TOKEN, ...env });
       const { logger, lines, raw } = capturedLogger('info');
       const sessions = await createSessionStore(config, logger);
       await sessions.ready();
@@ -73,8 +91,13 @@ function world(kind: Kind): World {
       return { app: createApp({ config, store: sessions.store, logger }), store: sessions.store, lines, raw };
     },
     client() {
-      if (!client) throw new Error('no Redis in a memory world');
+      if (!client) throw new Error('no single Redis in this world');
       return client;
+    },
+    inspector() {
+      const found = client ?? clusterClient;
+      if (!found) throw new Error('no Redis in a memory world');
+      return found;
     },
   };
 }
@@ -394,11 +417,11 @@ function contract(kind: Kind) {
         await saveSession(store, x.sid, loaded);
         // what express-session calls for a session read but not changed, where a store has it
         await new Promise<void>((resolve) => (store.touch ? store.touch(x.sid, loaded, () => resolve()) : resolve()));
-        if (kind === 'redis' && how !== 'an operator ending everyone') {
+        if (kind !== 'memory' && how !== 'an operator ending everyone') {
           // nor its index entry (looked at first: a listing would weed it out). Ending everyone on Redis leaves the
           // entries to the stamp: each goes when its user's index is next read
           const [expiry, seen, info] = userKeys(name);
-          const client = own.client();
+          const client = own.inspector();
           expect([await client.zScore(expiry, handle), await client.zScore(seen, handle), await client.hGet(info, handle)]).toEqual([null, null, null]);
         }
 
@@ -462,6 +485,7 @@ function contract(kind: Kind) {
 
 describe('active sessions on the memory store', contract('memory'));
 describeWith('redis-server', 'active sessions on Redis', contract('redis'));
+describeWith('redis-cli', 'active sessions on Redis Cluster', contract('cluster'));
 
 describe('the admin API', () => {
   const { instance } = world('memory');

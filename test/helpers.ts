@@ -18,7 +18,7 @@ import type { ActiveSession, SessionIndex } from '../src/stores/types';
 import { createMemoryStore } from '../src/stores';
 import { installed, ROOT, sleep, spawnNode, type Run } from './processes';
 
-export { freePort, installed, listening, RedisServer, sleep, type Run } from './processes';
+export { ClusterTopology, freePort, installed, listening, redisCli, RedisServer, SentinelTopology, sleep, until, type Run } from './processes';
 
 /** configuration as the server would read it, quiet and unthrottled unless a test says otherwise */
 export function testConfig(env: Env = {}): Readonly<Config> {

@@ -140,6 +140,18 @@ export class RedisServer {
   }
 }
 
+/** a redis-server with extra `args` on `port`, in a temporary folder of its own (removed by stop()) */
+export async function startRedisNode(args: string[], port: number): Promise<{ stop(): Promise<void> }> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'redis-'));
+  const child = await spawnRedis(['--port', String(port), ...NO_PERSISTENCE, '--dir', dir, ...args], READY);
+  return {
+    async stop() {
+      await kill(child);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 /** what `redis-cli ARGS` printed; throws when it fails */
 export async function redisCli(args: string[]): Promise<string> {
   const child = spawn('redis-cli', args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -164,6 +176,16 @@ export async function until(what: string, check: () => Promise<boolean>, ms = 20
     await sleep(100);
   }
   throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+}
+
+const offset = (info: string, field: string): number => Number(new RegExp(`${field}:(\\d+)`).exec(info)?.[1] ?? -1);
+
+/** waits until the replica on `replica` has every write its primary on `primary` had when this was called */
+export async function replicated(primary: number, replica: number): Promise<void> {
+  const target = offset(await redisCli(['-p', String(primary), 'INFO', 'replication']), 'master_repl_offset');
+  await until(`the replica on ${replica} to catch up with ${primary}`, async () => {
+    return offset(await redisCli(['-p', String(replica), 'INFO', 'replication']), 'slave_repl_offset') >= target;
+  });
 }
 
 /** one data node of a topology: its port and process */
@@ -242,6 +264,13 @@ export class SentinelTopology {
   async primaryPort(): Promise<number> {
     const reply = await redisCli(['-p', String(this.sentinels[0]!.port), 'SENTINEL', 'GET-MASTER-ADDR-BY-NAME', SentinelTopology.NAME]);
     return Number(reply.trim().split('\n')[1]);
+  }
+
+  /** waits until the replica holds every write the primary has now */
+  async synced(): Promise<void> {
+    const primary = await this.primaryPort();
+    const replicas = this.data.filter((node) => node.port !== primary && node.process?.exitCode === null && node.process.signalCode === null);
+    await Promise.all(replicas.map((node) => replicated(primary, node.port)));
   }
 
   /** kill -9 of the primary; resolves with its port */
@@ -331,6 +360,17 @@ export class ClusterTopology {
       primaries.set(port, slots.map((range) => range.split('-').map(Number) as [number, number]).map(([from, to]) => [from, to ?? from]));
     }
     return primaries;
+  }
+
+  /** waits until each replica holds every write its primary has now */
+  async synced(): Promise<void> {
+    const lines = (await redisCli(['-p', String(this.nodes[0]!.port), 'CLUSTER', 'NODES'])).trim().split('\n').map((line) => line.split(' '));
+    const portOf = (field = '') => Number(field.split('@')[0]!.split(':')[1]);
+    const byId = new Map(lines.map((fields) => [fields[0], portOf(fields[1])]));
+    const pairs = lines
+      .filter((fields) => fields[2]?.includes('slave') && !fields[2].includes('fail') && fields[7] === 'connected')
+      .map((fields) => [byId.get(fields[3]), portOf(fields[1])] as const);
+    await Promise.all(pairs.map(([primary, replica]) => (primary ? replicated(primary, replica) : undefined)));
   }
 
   /** the port of the primary serving `key` */

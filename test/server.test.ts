@@ -140,4 +140,20 @@ describe('the server process', () => {
     expect(run.output()).not.toContain('hunter2');
     expect(run.output()).not.toMatch(/Server listening/);
   });
+
+  it.each([
+    ['REDIS_SENTINELS', 'Redis Sentinel "mymaster" at'],
+    ['REDIS_CLUSTER_NODES', 'Redis Cluster at'],
+  ])('when %s names nodes that cannot be reached, then it exits non-zero within 15 s naming the variable and the nodes', async (variable, what) => {
+    const nodes = `127.0.0.1:${await freePort()},127.0.0.1:${await freePort()}`;
+    const run = start({ SESSION_STORE: 'redis', [variable]: nodes, REDIS_PASSWORD: 'hunter2', APPLICATION_PORT: String(await freePort()) });
+
+    const { code, afterMs } = await run.exited;
+
+    expect(code).not.toBe(0);
+    expect(afterMs).toBeLessThan(15_000);
+    expect(run.output()).toContain(`Cannot reach ${what} ${nodes} (${variable})`);
+    expect(run.output()).not.toContain('hunter2');
+    expect(run.output()).not.toMatch(/Server listening/);
+  });
 });

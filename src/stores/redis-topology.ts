@@ -102,8 +102,8 @@ function client(topology: RedisTopology): Client {
         connect: () => cluster.connect(),
         // a cluster that answers but leaves slots unserved would fail a share of sessions for good
         async unfit() {
-          const info = String(await cluster.sendCommand(undefined, true, ['CLUSTER', 'INFO']));
-          return info.includes('cluster_state:ok') ? undefined : 'it is up but does not serve every slot (cluster_state:fail)';
+          const fit = cluster.masters.length > 0 && String(await cluster.sendCommand(undefined, true, ['CLUSTER', 'INFO'])).includes('cluster_state:ok');
+          return fit ? undefined : 'it is up but does not serve every slot (cluster_state:fail)';
         },
         close: () => cluster.close(),
         destroy: () => cluster.destroy(),
@@ -118,7 +118,7 @@ function client(topology: RedisTopology): Client {
 export function describeTopology(topology: RedisTopology): string {
   switch (topology.kind) {
     case 'url':
-      return `Redis at ${maskUrlPassword(topology.url)}`;
+      return `Redis at ${maskUrlPassword(topology.url)} (REDIS_URL)`;
     case 'sentinel':
       return `Redis Sentinel "${topology.name}" at ${describeNodes(topology.sentinels)} (REDIS_SENTINELS)`;
     case 'cluster':
@@ -142,12 +142,11 @@ export function connectRedis(topology: RedisTopology, logger: Logger): RedisConn
     });
   }
   let connected = false;
+  // drops every connection at once; a Sentinel client may take a while to let go: not waited for past CLOSE_TIMEOUT_MS
   const drop = async () => {
-    try {
-      await redis.destroy();
-    } catch {
-      // closed already
-    }
+    let timer: NodeJS.Timeout | undefined;
+    const destroyed = (async () => redis.destroy())().catch(() => {});
+    await Promise.race([destroyed, new Promise((resolve) => (timer = setTimeout(resolve, CLOSE_TIMEOUT_MS)))]).finally(() => clearTimeout(timer));
   };
 
   return {
@@ -155,7 +154,6 @@ export function connectRedis(topology: RedisTopology, logger: Logger): RedisConn
     sharded: topology.kind === 'cluster',
     where,
     async connect() {
-      const deadline = Date.now() + STARTUP_TIMEOUT_MS;
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<never>((_resolve, reject) => {
         timer = setTimeout(() => reject(new Error('timed out')), STARTUP_TIMEOUT_MS);
@@ -163,18 +161,18 @@ export function connectRedis(topology: RedisTopology, logger: Logger): RedisConn
       try {
         await Promise.race([redis.connect(), timedOut]);
         connected = true;
-        // a cluster still electing a primary may be fit a moment later: ask again until the deadline
-        for (let unfit = await redis.unfit?.(); unfit !== undefined; unfit = await redis.unfit?.()) {
-          if (Date.now() >= deadline) throw new Error(`${where}: ${unfit}`);
-          await new Promise((resolve) => setTimeout(resolve, 250));
-        }
+        // said at once: a process manager starts the server again, with a client that learns the slots anew
+        const unfit = await redis.unfit?.();
+        if (unfit !== undefined) throw new Error(`${where}: ${unfit}`);
       } catch (err) {
-        await drop();
+        connected = false;
+        // not waited for: the message is owed now
+        void drop();
         if (err instanceof Error && err.message.startsWith(where)) throw err;
         // the socket's last error says more ("ECONNREFUSED") than the timeout that ended the wait
         const seen = lastError ?? err;
         const reason = seen instanceof Error ? seen.message : String(seen);
-        throw new Error(`Cannot reach ${where} (SESSION_STORE=redis): ${reason}`, { cause: err });
+        throw new Error(`Cannot reach ${where} for SESSION_STORE=redis: ${reason}`, { cause: err });
       } finally {
         clearTimeout(timer);
       }
