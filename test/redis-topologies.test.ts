@@ -8,6 +8,7 @@ import { createSessionStore } from '../src/stores';
 import type { SessionStore } from '../src/stores/types';
 import { ClusterTopology, describeWith, listen, redisCli, SentinelTopology, sleep, testConfig, until } from './helpers';
 import { freePort, startRedisNode } from './processes';
+import { GLOBAL_STAMP, userKeys } from '../src/stores/redis-index';
 
 interface Instance {
   url: string;
@@ -212,8 +213,11 @@ describeWith('redis-cli', 'sessions on Redis Cluster, through a failover', () =>
     // the sessions spread over all three shards
     expect(new Set(shards.values()).size).toBe(3);
     expect(shards.size).toBe(sessions.length);
-    // the shard every read also asks for the global stamp: the worst one to lose
-    const dead = await topology.primaryOf('sessions:ended');
+    // the shard every login asks for the global stamp: the worst one to lose
+    const dead = await topology.primaryOf(GLOBAL_STAMP);
+    // a user whose keys are on another shard
+    let live = 0;
+    while ((await topology.primaryOf(userKeys(`cluster-live-${live}`)[0])) === dead) live += 1;
     await topology.synced();
 
     const kill: { at?: number } = {};
@@ -221,9 +225,13 @@ describeWith('redis-cli', 'sessions on Redis Cluster, through a failover', () =>
     await sleep(300);
     kill.at = Date.now();
     await topology.kill(dead);
+    // before the cluster even marks the primary failed (a node timeout, 1 s): a login on a live shard goes on
+    // with the global stamp this instance last read
+    const during = await login(a, `cluster-live-${live}`);
     await topology.healed(dead);
     const samples = await reading;
 
+    expect(during.status).toBe(201);
     shouldBeServedOr503(samples);
     const onDead = samples.filter((s) => shards.get(s.session) === dead);
     const elsewhere = samples.filter((s) => shards.get(s.session) !== dead);
@@ -235,8 +243,29 @@ describeWith('redis-cli', 'sessions on Redis Cluster, through a failover', () =>
       expect((await whoIs(a, session)).name).toBe(session.name);
       expect((await whoIs(b, session)).name).toBe(session.name);
     }
+    expect((await whoIs(b, { name: `cluster-live-${live}`, cookie: during.cookie! })).name).toBe(`cluster-live-${live}`);
     const after = await loggedIn(a, 'cluster-after');
     expect((await whoIs(b, after)).name).toBe('cluster-after');
+  });
+
+  it('when an operator ends everyone on A, then A refuses the sessions at once and B within a second and a half', async () => {
+    const token = 'an-admin-token-of-at-least-32-characters';
+    const [a, b] = [await instance({ ADMIN_TOKEN: token }), await instance({ ADMIN_TOKEN: token })];
+    const onA = await loggedIn(a, 'everyone-a');
+    const onB = await loggedIn(b, 'everyone-b');
+    // B has read the global stamp (with its session) before the operator acts
+    expect((await whoIs(b, onB)).name).toBe('everyone-b');
+
+    const ended = await call(a, 'DELETE', '/admin/sessions', { Authorization: `Bearer ${token}` });
+    const at = Date.now();
+
+    expect(ended.status).toBe(200);
+    expect((await whoIs(a, onA)).status).toBe(200);
+    expect((await whoIs(a, onA)).name).toBeUndefined();
+    expect((await whoIs(a, onB)).name).toBeUndefined();
+    while ((await whoIs(b, onA)).name !== undefined && Date.now() - at < 3000) await sleep(50);
+    expect(Date.now() - at).toBeLessThan(1500);
+    expect((await whoIs(b, onB)).name).toBeUndefined();
   });
 
   it('when two instances count logins from one client, then they share one budget', async () => {

@@ -166,6 +166,9 @@ const SCRIPTS = { ADD, UPDATE, REMOVE, LIST, END_USER, END_ALL };
 type ScriptName = keyof typeof SCRIPTS;
 const LOADED = Object.fromEntries(Object.entries(SCRIPTS).map(([name, text]) => [name, script(text)])) as Record<ScriptName, Script>;
 
+// on a cluster, how old the global stamp a request is checked against may be (see recentGlobalStamp)
+const GLOBAL_STAMP_MAX_AGE_MS = 1000;
+
 // a stamp outlives every session it could end (the absolute timeout from its moment), with a minute for clocks
 const STAMP_MARGIN_MS = 60_000;
 
@@ -202,8 +205,10 @@ export function endedBy(stamps: Stamps, session: { loginAt: number; handle: stri
  */
 export class RedisSessionIndex {
   private readonly stampLifetimeMs: number;
-  // the global stamp as this process last read it
+  // the global stamp as this process last read it, and when
   private lastGlobal: number | undefined;
+  private lastGlobalAt = 0;
+  private globalRead: Promise<number> | undefined;
 
   constructor(
     private readonly redis: RedisCommands,
@@ -227,7 +232,7 @@ export class RedisSessionIndex {
       const [raw, global, ended] = await this.redis.mGet([key, GLOBAL_STAMP, tagKeys(tag)[3]]);
       return { raw: raw ?? null, stamps: parseStamps(stampValue(global), ended) };
     }
-    const [[raw, ended], global] = await Promise.all([this.redis.mGet([key, tagKeys(tag)[3]]), this.globalStamp()]);
+    const [[raw, ended], global] = await Promise.all([this.redis.mGet([key, tagKeys(tag)[3]]), this.recentGlobalStamp()]);
     return { raw: raw ?? null, stamps: parseStamps(global, ended) };
   }
 
@@ -281,14 +286,17 @@ export class RedisSessionIndex {
   }
 
   async endAll(): Promise<null> {
-    await this.runOn('END_ALL', [GLOBAL_STAMP], [Date.now(), this.stampLifetimeMs]);
+    const now = Date.now();
+    await this.runOn('END_ALL', [GLOBAL_STAMP], [now, this.stampLifetimeMs]);
+    // this instance ends them at once, whatever it last read
+    this.lastGlobal = Math.max(this.lastGlobal ?? -1, now);
     return null;
   }
 
   /** both stamps for a session of the user with this tag (the store reads them with the session when it can) */
   async stamps(tag: string): Promise<Stamps> {
     if (this.sharded) {
-      const [global, user] = await Promise.all([this.globalStamp(), this.redis.get(tagKeys(tag)[3])]);
+      const [global, user] = await Promise.all([this.recentGlobalStamp(), this.redis.get(tagKeys(tag)[3])]);
       return parseStamps(global, user);
     }
     const [global, user] = await this.redis.mGet([GLOBAL_STAMP, tagKeys(tag)[3]]);
@@ -309,11 +317,28 @@ export class RedisSessionIndex {
    */
   async globalStamp(): Promise<number> {
     try {
-      this.lastGlobal = stampValue(await this.redis.get(GLOBAL_STAMP));
+      const read = stampValue(await this.redis.get(GLOBAL_STAMP));
+      this.lastGlobal = Math.max(this.lastGlobal ?? -1, read);
+      this.lastGlobalAt = Date.now();
     } catch (err) {
       if (!this.sharded || this.lastGlobal === undefined) throw err;
     }
     return this.lastGlobal;
+  }
+
+  /**
+   * On a cluster, what each request checks: the global stamp read at most GLOBAL_STAMP_MAX_AGE_MS ago. Reading it
+   * with every session would cost each GET /user a command on a second shard, so an operator's "end everyone"
+   * reaches the other instances within a second; the instance that ran it, at once. A read older than that is
+   * renewed in the background while the last value serves.
+   */
+  private recentGlobalStamp(): Promise<number> | number {
+    const last = this.lastGlobal;
+    if (last !== undefined && Date.now() - this.lastGlobalAt < GLOBAL_STAMP_MAX_AGE_MS) return last;
+    this.globalRead ??= this.globalStamp().finally(() => (this.globalRead = undefined));
+    if (last === undefined) return this.globalRead;
+    this.globalRead.catch(() => {});
+    return last;
   }
 
   /**

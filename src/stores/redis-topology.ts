@@ -33,8 +33,8 @@ export interface RedisConnection {
 // queueing (no request hangs: the Sentinel client alone holds commands across a failover, and the store's
 // deadline bounds those), and it is tried again by itself
 const nodeOptions = (auth?: RedisAuth) => ({
-  username: auth?.username,
-  password: auth?.password,
+  ...(auth?.username === undefined ? {} : { username: auth.username }),
+  ...(auth?.password === undefined ? {} : { password: auth.password }),
   disableOfflineQueue: true,
   // while Redis stalls, commands wait for their deadline; past this many, they fail at once instead
   commandsQueueMaxLength: 10_000,
@@ -79,6 +79,9 @@ function client(topology: RedisTopology): Client {
         sentinelClientOptions: { socket: nodeOptions().socket },
         // the client only learns of a failover when told: ask as well, or a missed announcement is never noticed
         scanInterval: SENTINEL_SCAN_INTERVAL_MS,
+        // commands on one connection of its own, as a plain client sends them: without it each command leases a
+        // connection from the pool, which cost 104 us a GET against 17 (measured on this kind of machine)
+        reserveClient: true,
         passthroughClientErrorEvents: true,
       });
       return {

@@ -2,14 +2,16 @@
 // scenarios in interleaved rounds, medians and ratios. `--quick` is the short run CI makes; `--out FILE` names
 // the JSON file (default test/bench/results/latest.json); `--ours FILE` runs another build of ours (an older
 // commit's dist/server.js, say) in place of this one, for a before-and-after; `--expiring-only` runs only the
-// full-store-with-expiries scenario.
+// full-store-with-expiries scenario. With redis-server and redis-cli, GET /user also runs on Redis Sentinel and
+// Redis Cluster, and each then goes through a failover (see failover.ts).
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import autocannon, { type Options, type Result } from 'autocannon';
-import { freePort, installed, listening, RedisServer, ROOT, sleep, spawnNode } from '../processes';
+import { ClusterTopology, freePort, installed, listening, RedisServer, ROOT, SentinelTopology, sleep, spawnNode } from '../processes';
+import { failover, type Failover } from './failover';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -144,7 +146,7 @@ const scenarios: Scenario[] = [
   {
     name: 'user',
     title: 'GET /user with a live session',
-    targets: ['ours', 'tutorial', 'bare', 'bare-same-server', 'ours-redis'],
+    targets: ['ours', 'tutorial', 'bare', 'bare-same-server', 'ours-redis', 'ours-sentinel', 'ours-cluster'],
     run: async (server) => {
       const cookie = sessionCookies.get(server.name) ?? (server.name.startsWith('bare') ? '' : await login(server));
       sessionCookies.set(server.name, cookie);
@@ -392,6 +394,8 @@ async function main(): Promise<void> {
   };
   const servers: Server[] = [];
   let redis: RedisServer | undefined;
+  let sentinel: SentinelTopology | undefined;
+  let cluster: ClusterTopology | undefined;
   const notes: string[] = [];
   try {
     if (expiringOnly) {
@@ -412,6 +416,15 @@ async function main(): Promise<void> {
       servers.push(await startServer('ours-redis', compiled, { ...production, SESSION_STORE: 'redis', REDIS_URL: redis.url }, PROXY_HEADERS));
     } else {
       notes.push('redis-server is not installed: the Redis scenario was skipped');
+      console.warn(`SKIPPED: ${notes.at(-1)}`);
+    }
+    if (installed('redis-server') && installed('redis-cli')) {
+      sentinel = await SentinelTopology.start();
+      servers.push(await startServer('ours-sentinel', compiled, { ...production, SESSION_STORE: 'redis', REDIS_SENTINELS: sentinel.sentinelList }, PROXY_HEADERS));
+      cluster = await ClusterTopology.start();
+      servers.push(await startServer('ours-cluster', compiled, { ...production, SESSION_STORE: 'redis', REDIS_CLUSTER_NODES: cluster.nodeList }, PROXY_HEADERS));
+    } else {
+      notes.push('redis-server or redis-cli is not installed: the Sentinel and Cluster scenarios were skipped');
       console.warn(`SKIPPED: ${notes.at(-1)}`);
     }
     const byName = new Map(servers.map((server) => [server.name, server]));
@@ -456,6 +469,17 @@ async function main(): Promise<void> {
       for (const [target, list] of Object.entries(byTarget)) (results[scenario] ??= {})[target] = summarise(list);
     }
 
+    // each topology through a failover, after its reads were measured: then its servers stop, leaving the cores
+    // to the floods
+    const failovers: Failover[] = [];
+    for (const [kind, topology] of [['sentinel', sentinel], ['cluster', cluster]] as const) {
+      const server = byName.get(`ours-${kind}`);
+      if (!topology || !server) continue;
+      console.log(`failover on ${kind}: kill -9 of the primary holding the most sessions under GET /user and logins`);
+      failovers.push(await failover(kind, topology, server, quick ? { count: 50, beforeMs: 1000, afterMs: 10_000 } : {}));
+      await stopServer(server);
+    }
+
     console.log(`login flood, ${FLOOD_SECONDS} s each`);
     const floodOurs = await startServer('ours-flood', compiled, { ...production, SESSION_MEMORY_MAX: '20000' }, PROXY_HEADERS);
     servers.push(floodOurs);
@@ -481,6 +505,8 @@ async function main(): Promise<void> {
       loginVsTutorial: ratio(results.login?.ours?.rps, results.login?.tutorial?.rps),
       flowVsTutorial: ratio(results.flow?.ours?.rps, results.flow?.tutorial?.rps),
       redisUserVsMemoryUser: ratio(results.user?.['ours-redis']?.rps, results.user?.ours?.rps),
+      sentinelUserVsRedisUser: ratio(results.user?.['ours-sentinel']?.rps, results.user?.['ours-redis']?.rps),
+      clusterUserVsRedisUser: ratio(results.user?.['ours-cluster']?.rps, results.user?.['ours-redis']?.rps),
       // the same comparisons by the server's CPU time per request (baseline's / ours: above 1 means ours is cheaper)
       userCpuVsTutorial: ratio(results.user?.tutorial?.cpuUsPerRequest, results.user?.ours?.cpuUsPerRequest),
       userCpuVsBare: ratio(results.user?.bare?.cpuUsPerRequest, results.user?.ours?.cpuUsPerRequest),
@@ -497,6 +523,19 @@ async function main(): Promise<void> {
       { goal: 'POST /login >= 1.1x tutorial', value: ratios.loginVsTutorial, pass: (ratios.loginVsTutorial ?? 0) >= 1.1 },
       // every read also checks the revocation stamps, in the same round trip
       { goal: 'Redis GET /user >= 0.8x memory', value: ratios.redisUserVsMemoryUser, pass: ratios.redisUserVsMemoryUser === null ? null : ratios.redisUserVsMemoryUser >= 0.8 },
+      ...(['sentinel', 'cluster'] as const).map((kind) => {
+        const value = kind === 'sentinel' ? ratios.sentinelUserVsRedisUser : ratios.clusterUserVsRedisUser;
+        return { goal: `${kind} GET /user >= 0.8x single Redis`, value, pass: value === null ? null : value >= 0.8 };
+      }),
+      ...failovers.flatMap((f) => [
+        {
+          goal: `failover (${f.topology}): only 503s, none slower than 5 s, no other 5xx, no wrong user`,
+          value: `${f.count503} 503s, ${f.other5xx} other 5xx, ${f.failedOrSlow} failed or slow, ${f.wrongAnswers} wrong`,
+          pass: f.other5xx === 0 && f.failedOrSlow === 0 && f.wrongAnswers === 0,
+        },
+        { goal: `failover (${f.topology}): every session from before the kill readable after`, value: `${f.readableAfter} of ${f.sessions}`, pass: f.readableAfter === f.sessions },
+        { goal: `failover (${f.topology}): every request succeeds again within 10 s of the kill`, value: `${f.recoveredAtMs} ms`, pass: f.recoveredAtMs < 10_000 },
+      ]),
       { goal: 'flood: RSS < 160 MB (SESSION_MEMORY_MAX=20000)', value: ours.rssPeakMb, pass: ours.rssPeakMb < 160 },
       { goal: 'flood: logged-in user all 2xx, p99 < 250 ms', value: ours.user.p99, pass: ours.user.errors === 0 && ours.user.non2xx === 0 && ours.user.p99 < 250 },
       // what a refused login used to cost was the log itself (two lines, 2.2 KB, two stacks): bytes per request, not
@@ -536,6 +575,28 @@ async function main(): Promise<void> {
       ]),
     );
     console.log('');
+    if (failovers.length > 0) {
+      console.log(
+        table([
+          ['failover', 'sessions', 'on killed', 'requests', 'first 503', 'last 503', '503s', 'other 5xx', 'failed/slow', 'all OK from', 'readable after', 'logins during'],
+          ...failovers.map((f) => [
+            f.topology,
+            String(f.sessions),
+            String(f.onKilledPrimary),
+            String(f.requests),
+            f.first503AtMs === null ? '-' : `${f.first503AtMs} ms`,
+            f.last503AtMs === null ? '-' : `${f.last503AtMs} ms`,
+            String(f.count503),
+            String(f.other5xx),
+            String(f.failedOrSlow),
+            `${f.recoveredAtMs} ms`,
+            `${f.readableAfter} of ${f.sessions}`,
+            String(f.loginsDuring),
+          ]),
+        ]),
+      );
+      console.log('');
+    }
     printExpiring(expiring);
     console.log('');
     for (const check of checks) console.log(`${check.pass === null ? 'SKIP' : check.pass ? 'PASS' : 'FAIL'}  ${check.goal}: ${check.value ?? 'n/a'}`);
@@ -549,6 +610,7 @@ async function main(): Promise<void> {
       rounds,
       results,
       ratios,
+      failovers,
       floods,
       expiring,
       checks,
@@ -560,6 +622,8 @@ async function main(): Promise<void> {
   } finally {
     await Promise.all(servers.map(stopServer));
     await redis?.stop();
+    await sentinel?.stop();
+    await cluster?.stop();
   }
 }
 
