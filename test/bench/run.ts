@@ -524,8 +524,8 @@ async function main(): Promise<void> {
       // every read also checks the revocation stamps, in the same round trip
       { goal: 'Redis GET /user >= 0.8x memory', value: ratios.redisUserVsMemoryUser, pass: ratios.redisUserVsMemoryUser === null ? null : ratios.redisUserVsMemoryUser >= 0.8 },
       // Sentinel sends the same commands on one connection as a plain client does. A cluster read is one MGET in
-      // the user's slot, but the cluster client routes every command by slot (about twice a plain client's CPU per
-      // command), and here its six redis-servers share the two cores with the server and the load generator
+      // the user's slot, but the cluster client routes every command by slot (more CPU per command than a plain
+      // client's), and here its six redis-servers share the two cores with the server and the load generator
       ...([
         ['sentinel', ratios.sentinelUserVsRedisUser, 0.8],
         ['cluster', ratios.clusterUserVsRedisUser, 0.7],
