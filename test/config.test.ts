@@ -1,4 +1,7 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { ConfigError, DEVELOPMENT_SECRET, loadConfig, maskUrlPassword, TUTORIAL_SECRET, type Env } from '../src/config';
+import { ROOT } from './processes';
 
 const STRONG = 'x'.repeat(32);
 const production = (env: Env = {}): Env => ({ NODE_ENV: 'production', SESSION_SECRET: STRONG, ...env });
@@ -330,6 +333,36 @@ describe('the Redis topology', () => {
 
   it('when none is given, then REDIS_URL\'s default is used', () => {
     expect(loadConfig({ SESSION_STORE: 'redis' }).redis).toEqual({ kind: 'url', url: 'redis://127.0.0.1:6379' });
+  });
+});
+
+describe('.env.example', () => {
+  const example = readFileSync(path.join(ROOT, '.env.example'), 'utf8');
+  const set = Object.fromEntries(
+    example
+      .split('\n')
+      .filter((line) => /^[A-Z_]+=/.test(line))
+      .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
+  );
+
+  it('when copied to .env as it is, then it is a valid configuration', () => {
+    expect(() => loadConfig(set)).not.toThrow();
+  });
+
+  it('when the README lists a variable, then .env.example has a line for it (set or commented out)', () => {
+    const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+    const table = readme.slice(readme.indexOf('## Configuration'), readme.indexOf('## Postman'));
+    const documented = [...table.matchAll(/^\| `([A-Z_]+)`(?:, `([A-Z_]+)`)?(?:, `([A-Z_]+)`)?/gm)].flatMap((m) => m.slice(1).filter(Boolean));
+    expect(documented.length).toBeGreaterThan(15);
+    for (const name of documented) expect(example).toMatch(new RegExp(`^#?${name}=`, 'm'));
+  });
+
+  it('when each of the three ways to Redis is uncommented alone, then the configuration is valid', () => {
+    for (const name of ['REDIS_URL', 'REDIS_SENTINELS', 'REDIS_CLUSTER_NODES']) {
+      const line = new RegExp(`^#${name}=(.*)$`, 'm').exec(example);
+      expect(line).not.toBeNull();
+      expect(() => loadConfig({ ...set, SESSION_STORE: 'redis', [name]: line![1] })).not.toThrow();
+    }
   });
 });
 
