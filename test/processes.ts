@@ -220,12 +220,9 @@ export class SentinelTopology {
 
   private async boot(): Promise<void> {
     const primary = await freePort();
-    this.data.push({ port: primary, process: await spawnRedis(['--port', String(primary), ...NO_PERSISTENCE, '--repl-diskless-sync-delay', '0'], READY) });
+    this.data.push({ port: primary, process: await spawnRedis(this.dataArgs(primary), READY) });
     const replica = await freePort();
-    this.data.push({
-      port: replica,
-      process: await spawnRedis(['--port', String(replica), ...NO_PERSISTENCE, '--repl-diskless-sync-delay', '0', '--replicaof', '127.0.0.1', String(primary)], READY),
-    });
+    this.data.push({ port: replica, process: await spawnRedis([...this.dataArgs(replica), '--replicaof', '127.0.0.1', String(primary)], READY) });
     for (let i = 0; i < 3; i++) {
       const port = await freePort();
       const file = path.join(this.dir, `sentinel-${port}.conf`);
@@ -253,6 +250,11 @@ export class SentinelTopology {
       }
       return (await redisCli(['-p', String(replica), 'INFO', 'replication'])).includes('master_link_status:up');
     });
+  }
+
+  // a replica keeps the copy a full sync sends it on disk, in its --dir: the topology's folder, not the project's
+  private dataArgs(port: number): string[] {
+    return ['--port', String(port), ...NO_PERSISTENCE, '--dir', this.dir, '--dbfilename', `dump-${port}.rdb`, '--repl-diskless-sync-delay', '0'];
   }
 
   /** `host:port,...` of the sentinels, as REDIS_SENTINELS takes them */
@@ -293,7 +295,7 @@ export class SentinelTopology {
   /** starts the killed node again on its port (it comes back as a replica, as the sentinels reconfigure it) */
   async restart(port: number): Promise<void> {
     const node = this.data.find((candidate) => candidate.port === port)!;
-    node.process = await spawnRedis(['--port', String(port), ...NO_PERSISTENCE, '--repl-diskless-sync-delay', '0'], READY);
+    node.process = await spawnRedis(this.dataArgs(port), READY);
   }
 
   async stop(): Promise<void> {
@@ -324,7 +326,7 @@ export class ClusterTopology {
 
   private args(port: number): string[] {
     return [
-      '--port', String(port), ...NO_PERSISTENCE, '--dir', this.dir,
+      '--port', String(port), ...NO_PERSISTENCE, '--dir', this.dir, '--dbfilename', `dump-${port}.rdb`,
       '--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '1000',
       '--repl-diskless-sync-delay', '0',
     ];
