@@ -10,6 +10,9 @@ import { ClusterTopology, describeWith, listen, redisCli, SentinelTopology, slee
 import { freePort, startRedisNode } from './processes';
 import { GLOBAL_STAMP, userKeys } from '../src/stores/redis-index';
 
+// a failover takes seconds, and a test may wait for two
+jest.setTimeout(60_000);
+
 interface Instance {
   url: string;
 }
@@ -151,22 +154,75 @@ describeWith('redis-cli', 'sessions on Redis Sentinel, through failovers', () =>
     expect((await whoIs(a, onB)).name).toBe('after-on-b');
   });
 
+  /** a killed data node started again, once the sentinels have made it a replica with every write of the primary's */
+  async function replicaBack(): Promise<number> {
+    let old = topology.data.find((node) => node.process?.signalCode === 'SIGKILL');
+    if (!old) {
+      // run alone, this test kills a primary first
+      await topology.failedOver(await topology.killPrimary());
+      old = topology.data.find((node) => node.process?.signalCode === 'SIGKILL')!;
+    }
+    await topology.restart(old.port);
+    await until('the restarted node to be a replica', async () => (await redisCli(['-p', String(old.port), 'ROLE'])).startsWith('slave'));
+    await topology.synced();
+    return old.port;
+  }
+
   it('when the killed node comes back, then it is a replica, and when the new primary dies in turn, it takes over and the sessions are still there', async () => {
     const [a, b] = [await instance(), await instance()];
     const before = await loggedIn(a, 'round-two');
-    const old = topology.data.find((node) => node.process?.signalCode === 'SIGKILL')!;
-    await topology.restart(old.port);
-    // the sentinels make it a replica of the new primary
-    await until('the restarted node to be a replica', async () => (await redisCli(['-p', String(old.port), 'ROLE'])).startsWith('slave'));
-    await topology.synced();
+    const old = await replicaBack();
 
     const dead = await topology.killPrimary();
     const promoted = await topology.failedOver(dead);
 
-    expect(promoted).toBe(old.port);
+    expect(promoted).toBe(old);
     for (let waited = 0; (await whoIs(b, before)).status !== 200 && waited < 10_000; waited += 200) await sleep(200);
     expect((await whoIs(b, before)).name).toBe('round-two');
     expect((await loggedIn(a, 'round-two-after')).cookie).toBeDefined();
+  });
+
+  it('when the sentinels switch primaries on purpose (SENTINEL FAILOVER, no connection breaks), then logins work on the new primary within 10 s and no session is lost', async () => {
+    const a = await instance();
+    const before = await loggedIn(a, 'planned');
+    await replicaBack();
+    const old = await topology.primaryPort();
+
+    await redisCli(['-p', String(topology.sentinels[0]!.port), 'SENTINEL', 'FAILOVER', SentinelTopology.NAME]);
+    await topology.failedOver(old);
+    const started = Date.now();
+    let after = await login(a, 'planned-after');
+    while (after.status !== 201 && Date.now() - started < 10_000) {
+      expect(after.status).toBe(503);
+      await sleep(100);
+      after = await login(a, 'planned-after');
+    }
+
+    expect(after.status).toBe(201);
+    // once the old primary is a replica too, both sessions are still there: the login went to the new primary
+    await until('the old primary to be a replica', async () => (await redisCli(['-p', String(old), 'ROLE'])).startsWith('slave'));
+    await topology.synced();
+    expect((await whoIs(a, before)).name).toBe('planned');
+    expect((await whoIs(a, { name: 'planned-after', cookie: after.cookie! })).name).toBe('planned-after');
+  });
+
+  it('when the first sentinel listed freezes (SIGSTOP: its connections stay open, nothing answers), then requests are served as before', async () => {
+    const a = await instance();
+    const session = await loggedIn(a, 'frozen-sentinel');
+    const frozen = topology.sentinels[0]!.process!;
+
+    frozen.kill('SIGSTOP');
+    const answers: Answer[] = [];
+    try {
+      for (const started = Date.now(); Date.now() - started < 4000; ) {
+        answers.push(await whoIs(a, session));
+        await sleep(25);
+      }
+    } finally {
+      frozen.kill('SIGCONT');
+    }
+
+    expect(answers.filter((answer) => answer.status !== 200 || answer.name !== 'frozen-sentinel' || answer.tookMs > 500).map((answer) => `${answer.status} in ${answer.tookMs} ms`)).toEqual([]);
   });
 
   it('when two instances count logins from one client, then they share one budget', async () => {

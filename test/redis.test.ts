@@ -355,7 +355,7 @@ describeWith('redis-server', 'Redis refusing commands, and coming back', () => {
   afterEach(async () => {
     // whatever a test broke, the next one starts with a Redis that serves everything
     await own.client.sendCommand(['ACL', 'SETUSER', 'default', 'on', 'nopass', '+@all', '~*', '&*']);
-    await own.client.configSet('maxmemory', '0');
+    await own.client.configSet({ maxmemory: '0', 'min-replicas-to-write': '0' });
     await own.client.sendCommand(['REPLICAOF', 'NO', 'ONE']);
   });
 
@@ -405,6 +405,8 @@ describeWith('redis-server', 'Redis refusing commands, and coming back', () => {
   it.each([
     ['out of memory (OOM)', () => own.client.configSet('maxmemory', '1')],
     ['a replica (READONLY)', async () => own.client.sendCommand(['REPLICAOF', '127.0.0.1', String(await freePort())])],
+    // min-replicas-to-write with no replica: the primary refuses writes it could lose in a failover
+    ['a primary short of replicas (NOREPLICAS)', () => own.client.configSet('min-replicas-to-write', '1')],
   ])('when Redis answers writes with an error reply, %s, then a login is the store-unavailable 503, never a 500, and recovers', async (_what, refuseWrites) => {
     // the limit off: the session's own write is the one that meets the error
     const app = await instance({ LOGIN_RATE_LIMIT_PER_MINUTE: '0' });
@@ -415,7 +417,7 @@ describeWith('redis-server', 'Redis refusing commands, and coming back', () => {
     const reading = await request(app).get('/user').set('Cookie', header);
     // the index's changes are writes too: ending sessions meets the same error
     const endOthers = await request(app).delete('/sessions').set('Cookie', header);
-    await own.client.configSet('maxmemory', '0');
+    await own.client.configSet({ maxmemory: '0', 'min-replicas-to-write': '0' });
     await own.client.sendCommand(['REPLICAOF', 'NO', 'ONE']);
     const again = await request(app).post('/login?name=c');
 

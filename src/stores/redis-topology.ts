@@ -11,8 +11,6 @@ const STARTUP_TIMEOUT_MS = 10_000;
 const CLOSE_TIMEOUT_MS = 1000;
 // a node that went away is tried again this often at most: soon after a failover, it is back as a replica
 const MAX_RECONNECT_DELAY_MS = 1000;
-// how often the Sentinel client asks the sentinels who the primary is, besides what they announce
-const SENTINEL_SCAN_INTERVAL_MS = 1000;
 // a cluster client reads the slot map again this long after a node stopped answering: time for a replica to take over
 const CLUSTER_REFRESH_AFTER_MS = 1000;
 
@@ -77,8 +75,10 @@ function client(topology: RedisTopology): Client {
         sentinelRootNodes: topology.sentinels,
         nodeClientOptions: nodeOptions(topology.auth),
         sentinelClientOptions: { socket: nodeOptions().socket },
-        // the client only learns of a failover when told: ask as well, or a missed announcement is never noticed
-        scanInterval: SENTINEL_SCAN_INTERVAL_MS,
+        // no periodic scan: each scan holds every command until it has asked a sentinel anew, and a sentinel that
+        // stops answering (frozen, not gone) held them for good. The client asks the sentinels again when a
+        // sentinel announces a change, when its primary's connection breaks and when the primary answers READONLY
+        scanInterval: 0,
         // commands on one connection of its own, as a plain client sends them: without it each command leases a
         // connection from the pool, several times a plain client's CPU for a GET
         reserveClient: true,
