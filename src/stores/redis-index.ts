@@ -166,8 +166,18 @@ const SCRIPTS = { ADD, UPDATE, REMOVE, LIST, END_USER, END_ALL };
 type ScriptName = keyof typeof SCRIPTS;
 const LOADED = Object.fromEntries(Object.entries(SCRIPTS).map(([name, text]) => [name, script(text)])) as Record<ScriptName, Script>;
 
-// on a cluster, how old the global stamp a request is checked against may be (see recentGlobalStamp)
+// on a cluster, how old the global stamp a request is checked against may be (see recentGlobalStamp), how long a
+// read of it is waited for when a last value can stand in, and when one that failed is tried again
 const GLOBAL_STAMP_MAX_AGE_MS = 1000;
+const GLOBAL_STAMP_WAIT_MS = 500;
+const GLOBAL_STAMP_RETRY_MS = 250;
+
+/** `promise`, or a rejection once `ms` have passed */
+function within<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_resolve, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)));
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
 
 // a stamp outlives every session it could end (the absolute timeout from its moment), with a minute for clocks
 const STAMP_MARGIN_MS = 60_000;
@@ -311,34 +321,35 @@ export class RedisSessionIndex {
   }
 
   /**
-   * The global stamp, -1 for none. On a cluster it lives on one shard, and the other shards' users must not fail
-   * with it: while it cannot be read, the value this process last read stands in. It only ever moves forward, and
+   * The global stamp, -1 for none, read now. On a cluster it lives on one shard, and the other shards' users must
+   * not fail with it: while it cannot be read (an error, or no answer within GLOBAL_STAMP_WAIT_MS), the value this
+   * process last read stands in, and is tried again GLOBAL_STAMP_RETRY_MS later. It only ever moves forward, and
    * while its shard is away no one can move it.
    */
   async globalStamp(): Promise<number> {
+    const fallback = this.sharded ? this.lastGlobal : undefined;
     try {
-      const read = stampValue(await this.redis.get(GLOBAL_STAMP));
-      this.lastGlobal = Math.max(this.lastGlobal ?? -1, read);
+      const raw = await (fallback === undefined ? this.redis.get(GLOBAL_STAMP) : within(this.redis.get(GLOBAL_STAMP), GLOBAL_STAMP_WAIT_MS));
+      this.lastGlobal = Math.max(this.lastGlobal ?? -1, stampValue(raw));
       this.lastGlobalAt = Date.now();
+      return this.lastGlobal;
     } catch (err) {
-      if (!this.sharded || this.lastGlobal === undefined) throw err;
+      if (fallback === undefined) throw err;
+      this.lastGlobalAt = Date.now() - GLOBAL_STAMP_MAX_AGE_MS + GLOBAL_STAMP_RETRY_MS;
+      return fallback;
     }
-    return this.lastGlobal;
   }
 
   /**
-   * On a cluster, what each request checks: the global stamp read at most GLOBAL_STAMP_MAX_AGE_MS ago. Reading it
-   * with every session would cost each GET /user a command on a second shard, so an operator's "end everyone"
-   * reaches the other instances within a second; the instance that ran it, at once. A read older than that is
-   * renewed in the background while the last value serves.
+   * On a cluster, what each request checks: the global stamp as read less than GLOBAL_STAMP_MAX_AGE_MS ago, else
+   * read now (one read for all the requests that need it, sent beside the session's MGET). Reading it with every
+   * session would cost each GET /user a command on a second shard; this way an operator's "end everyone" reaches
+   * the other instances within a second, and the instance that ran it at once.
    */
   private recentGlobalStamp(): Promise<number> | number {
-    const last = this.lastGlobal;
-    if (last !== undefined && Date.now() - this.lastGlobalAt < GLOBAL_STAMP_MAX_AGE_MS) return last;
+    if (this.lastGlobal !== undefined && Date.now() - this.lastGlobalAt < GLOBAL_STAMP_MAX_AGE_MS) return this.lastGlobal;
     this.globalRead ??= this.globalStamp().finally(() => (this.globalRead = undefined));
-    if (last === undefined) return this.globalRead;
-    this.globalRead.catch(() => {});
-    return last;
+    return this.globalRead;
   }
 
   /**
