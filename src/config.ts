@@ -311,7 +311,8 @@ function readNodes(variable: string, raw: string, problems: string[]): HostPort[
     const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([^\s:[\]/@]+)):(\d{1,5})$/.exec(entry);
     const port = Number(match?.[3]);
     if (!match || port < 1 || port > 65535) {
-      problems.push(`${variable} must be a comma-separated list of host:port (got "${entry}")`);
+      // whatever precedes an @ may be credentials: never printed
+      problems.push(`${variable} must be a comma-separated list of host:port (got "${entry.replace(/^.*@/, '***@')}")`);
       continue;
     }
     nodes.push({ host: match[1] ?? match[2]!, port });

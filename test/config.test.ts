@@ -331,6 +331,13 @@ describe('the Redis topology', () => {
     expect(problemsOf({ REDIS_CLUSTER_NODES: 'n:7000', REDIS_TLS: 'yes' })).toEqual([expect.stringMatching(/^REDIS_TLS must be one of true, false/)]);
   });
 
+  it.each(['REDIS_SENTINELS', 'REDIS_CLUSTER_NODES'])('when %s holds credentials, then the refusal does not print them', (variable) => {
+    const problems = problemsOf({ [variable]: 'redis://app:hunter2@node-a:7000,node-b:7001' });
+
+    expect(problems).toEqual([expect.stringContaining(`${variable} must be a comma-separated list of host:port (got "***@node-a:7000")`)]);
+    expect(problems.join('')).not.toContain('hunter2');
+  });
+
   it('when none is given, then REDIS_URL\'s default is used', () => {
     expect(loadConfig({ SESSION_STORE: 'redis' }).redis).toEqual({ kind: 'url', url: 'redis://127.0.0.1:6379' });
   });
