@@ -6,7 +6,10 @@ import { DEVELOPMENT_SECRET, type Env } from '../src/config';
 import { createApp } from '../src/app';
 import { createSessionStore } from '../src/stores';
 import type { SessionStore } from '../src/stores/types';
+import { userKeys } from '../src/stores/redis-index';
+import { userTag } from '../src/session';
 import {
+  capturedLogger,
   cookieHeader,
   describeWith,
   destroySession,
@@ -345,6 +348,33 @@ describeWith('redis-server', 'a Redis outage', () => {
     }
     const after = await request(app).get('/user').set('Cookie', header);
     expect(after.body.data).toEqual({ name: 'daniel' });
+    await stalled.close();
+  });
+
+  it('when a login is answered 503 while Redis stalls, then its write, run once Redis wakes, is undone: no session, no index entry, no audit line', async () => {
+    const config = testConfig({ SESSION_STORE: 'redis', REDIS_URL: redis.url, ADMIN_TOKEN: 'an-admin-token-of-at-least-32-characters' });
+    const { logger, lines } = capturedLogger('info');
+    const stalled = await createSessionStore(config, logger);
+    await stalled.ready();
+    const app = createApp({ config, store: stalled.store, logger });
+    const client = createClient({ url: redis.url });
+    await client.connect();
+
+    redis.pause();
+    let refused: request.Response;
+    try {
+      refused = await request(app).post('/login?name=late');
+    } finally {
+      redis.resume();
+    }
+    // the stalled commands run now: the session's SET, then (with the fix) its DEL
+    await sleep(300);
+
+    expect(refused.status).toBe(503);
+    expect(await client.keys(`sess:${userTag('late')}*`)).toEqual([]);
+    expect(await client.hLen(userKeys('late')[2])).toBe(0);
+    expect(lines.filter((line) => line.event === 'session_created')).toEqual([]);
+    client.destroy();
     await stalled.close();
   });
 });

@@ -19,12 +19,12 @@ type Callback = (err?: unknown, data?: SessionData | null) => unknown;
  * node-redis's own command timeout stops counting once a command is written, so a Redis that stalls with the
  * connection open would hang requests for good.
  */
-function withDeadline<T>(promise: Promise<T>): Promise<T> {
+function withDeadline<T>(promise: Promise<T>, operation?: Operation): Promise<T> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new StoreUnavailableError(new Error(`Redis did not answer within ${COMMAND_TIMEOUT_MS} ms`))),
-      COMMAND_TIMEOUT_MS,
-    );
+    const timer = setTimeout(() => {
+      if (operation) operation.answered = true;
+      reject(new StoreUnavailableError(new Error(`Redis did not answer within ${COMMAND_TIMEOUT_MS} ms`)));
+    }, COMMAND_TIMEOUT_MS);
     promise.then(
       (value) => {
         clearTimeout(timer);
@@ -38,14 +38,21 @@ function withDeadline<T>(promise: Promise<T>): Promise<T> {
   });
 }
 
+/**
+ * A store operation whose caller may have been answered already: a deadline stops the waiting, not the commands,
+ * which a Redis that stalled (or the Sentinel client, which holds commands through a failover) runs later
+ */
+interface Operation {
+  answered: boolean;
+}
+
 /** a store operation, within the deadline, answered through express-session's callback */
-function answer(callback: Callback | undefined, operation: Promise<unknown>): Promise<void> {
-  return withDeadline(operation).then(
+function answer(callback: Callback | undefined, operation: Promise<unknown>, state?: Operation): Promise<void> {
+  return withDeadline(operation, state).then(
     (data) => void callback?.(null, (data ?? null) as SessionData | null),
     (err: unknown) => void callback?.(err),
   );
 }
-
 
 // whole seconds until the rule ends a session, rounded up: Redis drops it then, so nothing outlives its rule in memory
 const secondsLeft = (expiresAt: ExpiryRule, sess: SessionData): number => Math.ceil((expiresAt(sess) - Date.now()) / 1000);
@@ -93,17 +100,25 @@ class GuardedRedisStore extends RedisStore implements SessionIndex {
   }
 
   override set(sid: string, sess: SessionData, callback?: Callback) {
-    return answer(callback, wasLoaded(sess) ? this.update(sid, sess) : this.create(sid, sess));
+    if (wasLoaded(sess)) return answer(callback, this.update(sid, sess));
+    const operation: Operation = { answered: false };
+    return answer(callback, this.create(sid, sess, operation), operation);
   }
 
-  // the session first, then its index entry: a crash between the two leaves a session the stamps still end
-  private async create(sid: string, sess: SessionData): Promise<void> {
+  // the session first, then its index entry: a crash between the two leaves a session the stamps still end. A
+  // login answered 503 before its write went through is undone, not indexed: its client holds no cookie for it,
+  // and it must not count against its user's limit (or push out a live session) nor be logged as started
+  private async create(sid: string, sess: SessionData, operation: Operation): Promise<void> {
     const ttl = secondsLeft(this.expiresAt, sess);
     if (ttl <= 0) return;
     const [, globalStamp] = await Promise.all([
       this.redis.set(this.key(sid), this.serializer.stringify(sess), { expiration: { type: 'EX', value: ttl } }),
       this.index.globalStamp(),
     ]);
+    if (operation.answered) {
+      await this.redis.del(this.key(sid));
+      return;
+    }
     if (isOwned(sess)) await this.index.add(sess.user.name, activeSession(sid, sess, this.expiresAt(sess)), globalStamp);
   }
 
