@@ -105,8 +105,9 @@ function client(topology: RedisTopology): Client {
         connect: () => cluster.connect(),
         // a cluster that answers but leaves slots unserved would fail a share of sessions for good
         async unfit() {
-          const fit = cluster.masters.length > 0 && String(await cluster.sendCommand(undefined, true, ['CLUSTER', 'INFO'])).includes('cluster_state:ok');
-          return fit ? undefined : 'it is up but does not serve every slot (cluster_state:fail)';
+          // every slot served, not only cluster_state:ok (which stays ok with cluster-require-full-coverage no)
+          const fit = cluster.masters.length > 0 && /cluster_slots_ok:16384\b/.test(String(await cluster.sendCommand(undefined, true, ['CLUSTER', 'INFO'])));
+          return fit ? undefined : 'it is up but does not serve every slot (cluster_slots_ok below 16384)';
         },
         close: () => cluster.close(),
         destroy: () => cluster.destroy(),
@@ -165,7 +166,7 @@ export function connectRedis(topology: RedisTopology, logger: Logger): RedisConn
         await Promise.race([redis.connect(), timedOut]);
         connected = true;
         // said at once: a process manager starts the server again, with a client that learns the slots anew
-        const unfit = await redis.unfit?.();
+        const unfit = await Promise.race([redis.unfit?.(), timedOut]);
         if (unfit !== undefined) throw new Error(`${where}: ${unfit}`);
       } catch (err) {
         connected = false;
