@@ -485,7 +485,7 @@ function contract(kind: Kind) {
 
 describe('active sessions on the memory store', contract('memory'));
 describeWith('redis-server', 'active sessions on Redis', contract('redis'));
-describeWith('redis-cli', 'active sessions on Redis Cluster', contract('cluster'));
+describeWith(['redis-server', 'redis-cli'], 'active sessions on Redis Cluster', contract('cluster'));
 
 describe('the admin API', () => {
   const { instance } = world('memory');

@@ -183,23 +183,25 @@ export async function listen(app: Express, timeouts: TimeoutOptions = {}): Promi
 }
 
 /**
- * `describe` when `program` is installed; otherwise the block is skipped with a visible message, and in CI
+ * `describe` when every one of `programs` is installed; otherwise the block is skipped with a visible message, and in CI
  * (CI=true) it fails instead, so a missing install step can never pass for green.
  */
-export function describeWith(program: string, name: string, body: () => void): void {
-  if (installed(program)) {
+export function describeWith(programs: string | string[], name: string, body: () => void): void {
+  const missing = [programs].flat().filter((program) => !installed(program));
+  if (missing.length === 0) {
     describe(name, body);
     return;
   }
+  const what = missing.join(' and ');
   if (process.env.CI === 'true') {
     describe(name, () => {
-      it(`needs ${program}`, () => {
-        throw new Error(`${program} is not installed, and CI=true: install it (.ci/run does)`);
+      it(`needs ${what}`, () => {
+        throw new Error(`${what} not installed, and CI=true: install it (.ci/run does)`);
       });
     });
     return;
   }
-  console.warn(`SKIPPED "${name}": ${program} is not installed`);
+  console.warn(`SKIPPED "${name}": ${what} not installed`);
   describe.skip(name, body);
 }
 

@@ -79,7 +79,10 @@ async function spawnRedis(args: string[], ready: RegExp, cwd?: string): Promise<
   child.on('exit', () => started.delete(child));
   let output = '';
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`redis-server did not start:\n${output}`)), 10_000);
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`redis-server did not start:\n${output}`));
+    }, 10_000);
     child.stdout?.on('data', (chunk: Buffer) => {
       output += chunk.toString();
       if (ready.test(output)) {
@@ -143,7 +146,10 @@ export class RedisServer {
 /** a redis-server with extra `args` on `port`, in a temporary folder of its own (removed by stop()) */
 export async function startRedisNode(args: string[], port: number): Promise<{ stop(): Promise<void> }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'redis-'));
-  const child = await spawnRedis(['--port', String(port), ...NO_PERSISTENCE, '--dir', dir, ...args], READY);
+  const child = await spawnRedis(['--port', String(port), ...NO_PERSISTENCE, '--dir', dir, ...args], READY).catch((err: unknown) => {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  });
   return {
     async stop() {
       await kill(child);
@@ -324,18 +330,23 @@ export class ClusterTopology {
     return topology;
   }
 
-  private args(port: number): string[] {
+  // the cluster bus gets a free port of its own (by default it is the port + 10000, which may be taken)
+  private async args(port: number): Promise<string[]> {
     return [
       '--port', String(port), ...NO_PERSISTENCE, '--dir', this.dir, '--dbfilename', `dump-${port}.rdb`,
       '--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '1000',
-      '--repl-diskless-sync-delay', '0',
+      '--cluster-port', String(await freePort()), '--repl-diskless-sync-delay', '0',
     ];
   }
 
   private async boot(): Promise<void> {
     const ports: number[] = [];
-    for (let i = 0; i < 6; i++) ports.push(await freePort());
-    await Promise.all(ports.map(async (port) => this.nodes.push({ port, process: await spawnRedis(this.args(port), READY) })));
+    // one at a time, each in `nodes` as soon as it runs, so that stop() finds every one that started
+    for (let i = 0; i < 6; i++) {
+      const port = await freePort();
+      ports.push(port);
+      this.nodes.push({ port, process: await spawnRedis(await this.args(port), READY) });
+    }
     await redisCli(['--cluster', 'create', ...ports.map(address), '--cluster-replicas', '1', '--cluster-yes']);
     await until('the cluster to cover every slot, with a synced replica for each primary', async () => {
       const roles = await Promise.all(ports.map((port) => redisCli(['-p', String(port), 'INFO', 'replication'])));
