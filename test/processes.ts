@@ -164,7 +164,8 @@ export async function redisCli(args: string[]): Promise<string> {
   let output = '';
   child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
   child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  const [code] = (await once(child, 'exit')) as [number | null];
+  // 'close', not 'exit': the output is all read only once the streams close
+  const [code] = (await once(child, 'close')) as [number | null];
   if (code !== 0) throw new Error(`redis-cli ${args.join(' ')} exited with ${code}:\n${output}`);
   return output;
 }
@@ -393,6 +394,15 @@ export class ClusterTopology {
       if (ranges.some(([from, to]) => slot >= from && slot <= to)) return port;
     }
     throw new Error(`no primary serves slot ${slot}`);
+  }
+
+  /** freezes the node on `port` (SIGSTOP): its connections stay open and nothing answers; thaw() undoes it */
+  freeze(port: number): void {
+    this.nodes.find((node) => node.port === port)?.process?.kill('SIGSTOP');
+  }
+
+  thaw(port: number): void {
+    this.nodes.find((node) => node.port === port)?.process?.kill('SIGCONT');
   }
 
   /** kill -9 of the node on `port` */

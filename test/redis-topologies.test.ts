@@ -9,6 +9,7 @@ import type { SessionStore } from '../src/stores/types';
 import { ClusterTopology, describeWith, listen, redisCli, SentinelTopology, sleep, testConfig, until } from './helpers';
 import { freePort, startRedisNode } from './processes';
 import { GLOBAL_STAMP, userKeys } from '../src/stores/redis-index';
+import { userTag } from '../src/session';
 
 // a failover takes seconds, and a test may wait for two
 jest.setTimeout(60_000);
@@ -334,6 +335,46 @@ describeWith(['redis-server', 'redis-cli'], 'sessions on Redis Cluster, through 
     for (let i = 0; i < 5; i++) statuses.push((await login(i % 2 ? a : b, `budget-${i}`, address)).status);
 
     expect(statuses).toEqual([201, 201, 201, 201, 429]);
+  });
+});
+
+describeWith(['redis-server', 'redis-cli'], 'sessions on Redis Cluster, through a frozen primary', () => {
+  let topology: ClusterTopology;
+  const instance = instances(() => ({ REDIS_CLUSTER_NODES: topology.nodeList, LOGIN_RATE_LIMIT_PER_MINUTE: '0' }));
+
+  beforeAll(async () => {
+    topology = await ClusterTopology.start();
+  });
+
+  afterAll(async () => {
+    await topology?.stop();
+  });
+
+  it('when a primary freezes (SIGSTOP: its connections stay open, nothing answers), then its shard\'s sessions are served again within 10 s, by the replica that took over, while it stays frozen', async () => {
+    const a = await instance();
+    const sessions = await Promise.all(Array.from({ length: 24 }, (_, i) => loggedIn(a, `frozen-${i}`)));
+    const keys = await Promise.all(sessions.map(async (session) => topology.primaryOf(`sess:{${userTag(session.name)}}`)));
+    const frozen = keys[0]!;
+    await topology.synced();
+
+    const kill: { at?: number } = {};
+    const reading = readThrough([a], sessions, () => kill.at, 12_000);
+    await sleep(300);
+    kill.at = Date.now();
+    topology.freeze(frozen);
+    let samples: Sample[];
+    try {
+      await topology.healed(frozen);
+      samples = await reading;
+    } finally {
+      topology.thaw(frozen);
+    }
+
+    shouldBeServedOr503(samples);
+    const onFrozen = samples.filter((s) => keys[sessions.indexOf(s.session)] === frozen);
+    expect(unavailable(onFrozen).length).toBeGreaterThan(0);
+    expect(unavailable(onFrozen).filter((s) => s.at >= 10_000)).toEqual([]);
+    expect(onFrozen.filter((s) => s.at >= 10_000).length).toBeGreaterThan(0);
   });
 });
 

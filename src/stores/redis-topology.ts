@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { createClient, createCluster, createSentinel } from 'redis';
+import { createClient, createCluster, createSentinel, type RedisClusterType } from 'redis';
 import { describeNodes, maskUrlPassword, type RedisAuth, type RedisTopology } from '../config';
 import type { RedisCommands } from './types';
 
@@ -13,6 +13,9 @@ const CLOSE_TIMEOUT_MS = 1000;
 const MAX_RECONNECT_DELAY_MS = 1000;
 // a cluster client reads the slot map again this long after a node stopped answering: time for a replica to take over
 const CLUSTER_REFRESH_AFTER_MS = 1000;
+// each primary of a cluster is asked for a PING this often; one that has not answered its last within the command
+// deadline is taken for stalled (see watchStalledPrimaries)
+const CLUSTER_WATCH_INTERVAL_MS = 1000;
 
 /** One Redis deployment, whichever of the three it is, as the store uses it. */
 export interface RedisConnection {
@@ -58,6 +61,8 @@ interface Client {
   unfit?(): Promise<string | undefined>;
   close(): Promise<unknown>;
   destroy(): unknown;
+  /** what to stop at close (a cluster's watchdog) */
+  stop?(): void;
   on(event: string, listener: (err: unknown) => void): unknown;
   errorEvents: string[];
 }
@@ -100,9 +105,11 @@ function client(topology: RedisTopology): Client {
         defaults: nodeOptions(topology.auth),
         topologyRefreshOnReconnectionAttemptStrategy: CLUSTER_REFRESH_AFTER_MS,
       });
+      const watchdog = watchStalledPrimaries(cluster);
       return {
         commands: cluster,
         connect: () => cluster.connect(),
+        stop: () => clearInterval(watchdog),
         // a cluster that answers but leaves slots unserved would fail a share of sessions for good
         async unfit() {
           // every slot served, not only cluster_state:ok (which stays ok with cluster-require-full-coverage no)
@@ -116,6 +123,42 @@ function client(topology: RedisTopology): Client {
       };
     }
   }
+}
+
+// eslint-disable-next-line @typescript-eslint/no-empty-object-type -- redis's own defaults: no modules, functions, scripts or type mapping
+type Cluster = RedisClusterType<{}, {}, {}, 2, {}>;
+
+/**
+ * The cluster client reads the slot map again when a connection breaks or a node answers MOVED, never while a
+ * primary is frozen with its connections open (a stopped process, a partition that drops packets): its shard's
+ * commands wait, each request gets its 503 at the deadline, and that goes on after a replica has taken over, until
+ * TCP gives up minutes later. So each primary gets a PING a second; while one has not answered within the command
+ * deadline, the slot map is read again from the other nodes (which answer at once), and once a replica has taken the
+ * frozen primary's slots, its shard is served again. Written here because the client has no such check: its
+ * `rediscover` is the one it runs itself on MOVED.
+ */
+function watchStalledPrimaries(cluster: Cluster): NodeJS.Timeout {
+  const waiting = new Map<string, number>();
+  const timer = setInterval(() => {
+    const stalled = new Set<string>();
+    for (const primary of cluster.masters) {
+      const client = primary.client;
+      if (!client?.isReady) continue;
+      const since = waiting.get(primary.address);
+      if (since !== undefined) {
+        if (Date.now() - since >= COMMAND_TIMEOUT_MS) stalled.add(primary.address);
+        continue;
+      }
+      waiting.set(primary.address, Date.now());
+      client.ping().then(
+        () => waiting.delete(primary.address),
+        () => waiting.delete(primary.address),
+      );
+    }
+    if (stalled.size > 0) cluster._slots.rediscover(undefined, stalled).catch(() => {});
+  }, CLUSTER_WATCH_INTERVAL_MS);
+  timer.unref();
+  return timer;
 }
 
 /** where a topology is, and the variable that named it, as messages say it */
@@ -170,6 +213,7 @@ export function connectRedis(topology: RedisTopology, logger: Logger): RedisConn
         if (unfit !== undefined) throw new Error(`${where}: ${unfit}`);
       } catch (err) {
         connected = false;
+        redis.stop?.();
         // not waited for: the message is owed now
         void drop();
         if (err instanceof Error && err.message.startsWith(where)) throw err;
@@ -182,6 +226,7 @@ export function connectRedis(topology: RedisTopology, logger: Logger): RedisConn
       }
     },
     async close() {
+      redis.stop?.();
       if (!connected) return;
       connected = false;
       // a clean close when Redis is there, but never longer than CLOSE_TIMEOUT_MS: a stalled Redis never answers
