@@ -11,7 +11,7 @@ const STARTUP_TIMEOUT_MS = 10_000;
 const CLOSE_TIMEOUT_MS = 1000;
 // a node that went away is tried again this often at most: soon after a failover, it is back as a replica
 const MAX_RECONNECT_DELAY_MS = 1000;
-// a cluster client reads the slot map again this long after a node stopped answering: time for a replica to take over
+// a cluster client reads the slot map again this long after a node's connection broke: time for a replica to take over
 const CLUSTER_REFRESH_AFTER_MS = 1000;
 // each primary of a cluster is asked for a PING this often; one that has not answered its last within the command
 // deadline is taken for stalled (see watchStalledPrimaries)
@@ -106,6 +106,9 @@ function client(topology: RedisTopology): Client {
         topologyRefreshOnReconnectionAttemptStrategy: CLUSTER_REFRESH_AFTER_MS,
       });
       const watchdog = watchStalledPrimaries(cluster);
+      // a close that did not finish has already forgotten the node clients it was waiting on: destroy those
+      const nodeClients = () => [...cluster.masters, ...cluster.replicas].map((node) => node.client);
+      let closing: ReturnType<typeof nodeClients> = [];
       return {
         commands: cluster,
         connect: () => cluster.connect(),
@@ -116,8 +119,13 @@ function client(topology: RedisTopology): Client {
           const fit = cluster.masters.length > 0 && /cluster_slots_ok:16384\b/.test(String(await cluster.sendCommand(undefined, true, ['CLUSTER', 'INFO'])));
           return fit ? undefined : 'it is up but does not serve every slot (cluster_slots_ok below 16384)';
         },
-        close: () => cluster.close(),
-        destroy: () => cluster.destroy(),
+        close: () => {
+          closing = nodeClients();
+          return cluster.close();
+        },
+        destroy: async () => {
+          await Promise.allSettled([cluster.destroy(), ...closing.map((node) => (node?.isOpen ? node.destroy() : undefined))]);
+        },
         on: (e, l) => cluster.on(e, l),
         errorEvents: ['error', 'node-error'],
       };
