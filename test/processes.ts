@@ -195,6 +195,17 @@ export async function replicated(primary: number, replica: number): Promise<void
   });
 }
 
+/** `topology` once `boot` has run; when it fails, whatever it had started is stopped */
+async function booted<T extends { stop(): Promise<void> }>(topology: T, boot: () => Promise<void>): Promise<T> {
+  try {
+    await boot();
+  } catch (err) {
+    await topology.stop();
+    throw err;
+  }
+  return topology;
+}
+
 /** one data node of a topology: its port and process */
 export interface RedisNode {
   port: number;
@@ -216,13 +227,7 @@ export class SentinelTopology {
 
   static async start(): Promise<SentinelTopology> {
     const topology = new SentinelTopology(mkdtempSync(path.join(tmpdir(), 'sentinel-')));
-    try {
-      await topology.boot();
-    } catch (err) {
-      await topology.stop();
-      throw err;
-    }
-    return topology;
+    return booted(topology, () => topology.boot());
   }
 
   private async boot(): Promise<void> {
@@ -322,13 +327,7 @@ export class ClusterTopology {
 
   static async start(): Promise<ClusterTopology> {
     const topology = new ClusterTopology(mkdtempSync(path.join(tmpdir(), 'cluster-')));
-    try {
-      await topology.boot();
-    } catch (err) {
-      await topology.stop();
-      throw err;
-    }
-    return topology;
+    return booted(topology, () => topology.boot());
   }
 
   // the cluster bus gets a free port of its own (by default it is the port + 10000, which may be taken)
