@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { tagOf, userTag, type ExpiryRule } from '../session';
+import { within } from './redis-topology';
 import { sessionEvent, byLastSeen, type ActiveSession, type Audit, type EndReason, type RedisCommands } from './types';
 
 
@@ -172,13 +173,6 @@ const GLOBAL_STAMP_MAX_AGE_MS = 1000;
 const GLOBAL_STAMP_WAIT_MS = 500;
 const GLOBAL_STAMP_RETRY_MS = 250;
 
-/** `promise`, or a rejection once `ms` have passed */
-function within<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_resolve, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)));
-  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
-}
-
 // a stamp outlives every session it could end (the absolute timeout from its moment), with a minute for clocks
 const STAMP_MARGIN_MS = 60_000;
 
@@ -189,7 +183,7 @@ export interface Stamps {
 }
 
 /** the stamps as Redis holds them: the global stamp (-1 for none) and the user's `ended` key */
-export function parseStamps(global: number, user: string | null | undefined): Stamps {
+function parseStamps(global: number, user: string | null | undefined): Stamps {
   return {
     global: global < 0 ? undefined : global,
     user: user ? (JSON.parse(user) as Stamps['user']) : undefined,
@@ -207,8 +201,8 @@ export function endedBy(stamps: Stamps, session: { loginAt: number; handle: stri
 }
 
 /**
- * The per-user index in Redis, beside connect-redis's session keys (`sessionKey(sid)`), which live in other
- * slots: each index change is one script (EVALSHA, then EVAL when Redis lost its script cache; written here rather
+ * The per-user index in Redis, beside connect-redis's session keys (`sessionKey(sid)`; on one Redis they live in
+ * other slots, on a cluster in the user's): each index change is one script (EVALSHA, then EVAL when Redis lost its script cache; written here rather
  * than with the client's `scripts` option, which would retype the client for everything that uses it). Session
  * keys are written first and deleted after, so a crash between the two leaves a session outside its index, and
  * the stamps end it all the same.
@@ -224,7 +218,7 @@ export class RedisSessionIndex {
     private readonly redis: RedisCommands,
     /** a cluster: the global stamp sits in a slot of its own, read beside the user's keys rather than with them */
     private readonly sharded: boolean,
-    readonly sessionKey: (sid: string) => string,
+    private readonly sessionKey: (sid: string) => string,
     private readonly options: { expiresAt: ExpiryRule; absoluteTimeoutSeconds: number; maxPerUser: number; audit?: Audit },
   ) {
     this.stampLifetimeMs = options.absoluteTimeoutSeconds * 1000 + STAMP_MARGIN_MS;
@@ -238,12 +232,18 @@ export class RedisSessionIndex {
     const tag = tagOf(sid);
     const key = this.sessionKey(sid);
     if (tag === undefined) return { raw: (await this.redis.get(key)) ?? null, stamps: undefined };
-    if (!this.sharded) {
-      const [raw, global, ended] = await this.redis.mGet([key, GLOBAL_STAMP, tagKeys(tag)[3]]);
-      return { raw: raw ?? null, stamps: parseStamps(stampValue(global), ended) };
-    }
-    const [[raw, ended], global] = await Promise.all([this.redis.mGet([key, tagKeys(tag)[3]]), this.recentGlobalStamp()]);
+    const [[raw, ended], global] = await this.withGlobalStamp([key, tagKeys(tag)[3]]);
     return { raw: raw ?? null, stamps: parseStamps(global, ended) };
+  }
+
+  /**
+   * `keys` (all in one slot) and the global stamp: one MGET on one Redis; on a cluster, where the stamp has a slot
+   * of its own, an MGET of `keys` beside the stamp as recentGlobalStamp has it
+   */
+  private async withGlobalStamp(keys: string[]): Promise<[(string | null)[], number]> {
+    if (this.sharded) return Promise.all([this.redis.mGet(keys), this.recentGlobalStamp()]);
+    const values = await this.redis.mGet([...keys, GLOBAL_STAMP]);
+    return [values.slice(0, -1), stampValue(values.at(-1))];
   }
 
   /** a login's session joins its user's index; past the cap, the least recently seen other one ends */
@@ -305,12 +305,8 @@ export class RedisSessionIndex {
 
   /** both stamps for a session of the user with this tag (the store reads them with the session when it can) */
   async stamps(tag: string): Promise<Stamps> {
-    if (this.sharded) {
-      const [global, user] = await Promise.all([this.recentGlobalStamp(), this.redis.get(tagKeys(tag)[3])]);
-      return parseStamps(global, user);
-    }
-    const [global, user] = await this.redis.mGet([GLOBAL_STAMP, tagKeys(tag)[3]]);
-    return parseStamps(stampValue(global), user);
+    const [[user], global] = await this.withGlobalStamp([tagKeys(tag)[3]]);
+    return parseStamps(global, user);
   }
 
   /** a loaded session the stamps end: its key and entry go, and the audit log hears of it from whoever deleted it */

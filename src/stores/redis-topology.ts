@@ -23,8 +23,6 @@ export interface RedisConnection {
   commands: RedisCommands;
   /** a cluster: keys in different slots cannot be read by one MGET */
   sharded: boolean;
-  /** where it is, for messages: the nodes and the variable that named them, never a password */
-  where: string;
   /** resolves once commands can be served; rejects within STARTUP_TIMEOUT_MS saying why not */
   connect(): Promise<void>;
   close(): Promise<void>;
@@ -169,8 +167,15 @@ function watchStalledPrimaries(cluster: Cluster): NodeJS.Timeout {
   return timer;
 }
 
+/** `promise`, or a rejection once `ms` have passed: the waiting stops, not the work */
+export function within<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_resolve, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)));
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
 /** where a topology is, and the variable that named it, as messages say it */
-export function describeTopology(topology: RedisTopology): string {
+function describeTopology(topology: RedisTopology): string {
   switch (topology.kind) {
     case 'url':
       return `Redis at ${maskUrlPassword(topology.url)} (REDIS_URL)`;
@@ -198,39 +203,35 @@ export function connectRedis(topology: RedisTopology, logger: Logger): RedisConn
   }
   let connected = false;
   // drops every connection at once; a Sentinel client may take a while to let go: not waited for past CLOSE_TIMEOUT_MS
-  const drop = async () => {
-    let timer: NodeJS.Timeout | undefined;
-    const destroyed = (async () => redis.destroy())().catch(() => {});
-    await Promise.race([destroyed, new Promise((resolve) => (timer = setTimeout(resolve, CLOSE_TIMEOUT_MS)))]).finally(() => clearTimeout(timer));
+  const drop = () => within((async () => redis.destroy())(), CLOSE_TIMEOUT_MS).catch(() => {});
+  const giveUp = () => {
+    connected = false;
+    redis.stop?.();
+    // not waited for: the message is owed now
+    void drop();
   };
 
   return {
     commands: redis.commands,
     sharded: topology.kind === 'cluster',
-    where,
     async connect() {
-      let timer: NodeJS.Timeout | undefined;
-      const timedOut = new Promise<never>((_resolve, reject) => {
-        timer = setTimeout(() => reject(new Error('timed out')), STARTUP_TIMEOUT_MS);
-      });
+      const deadline = Date.now() + STARTUP_TIMEOUT_MS;
+      let unfit: string | undefined;
       try {
-        await Promise.race([redis.connect(), timedOut]);
+        await within(redis.connect(), STARTUP_TIMEOUT_MS);
         connected = true;
-        // said at once: a process manager starts the server again, with a client that learns the slots anew
-        const unfit = await Promise.race([redis.unfit?.(), timedOut]);
-        if (unfit !== undefined) throw new Error(`${where}: ${unfit}`);
+        unfit = await within(redis.unfit?.() ?? Promise.resolve(undefined), deadline - Date.now());
       } catch (err) {
-        connected = false;
-        redis.stop?.();
-        // not waited for: the message is owed now
-        void drop();
-        if (err instanceof Error && err.message.startsWith(where)) throw err;
+        giveUp();
         // the socket's last error says more ("ECONNREFUSED") than the timeout that ended the wait
         const seen = lastError ?? err;
         const reason = seen instanceof Error ? seen.message : String(seen);
         throw new Error(`Cannot reach ${where} for SESSION_STORE=redis: ${reason}`, { cause: err });
-      } finally {
-        clearTimeout(timer);
+      }
+      if (unfit !== undefined) {
+        // said at once: a process manager starts the server again, with a client that learns the slots anew
+        giveUp();
+        throw new Error(`${where}: ${unfit}`);
       }
     },
     async close() {
@@ -239,10 +240,7 @@ export function connectRedis(topology: RedisTopology, logger: Logger): RedisConn
       connected = false;
       // a clean close when Redis is there, but never longer than CLOSE_TIMEOUT_MS: a stalled Redis never answers
       // it, and the client waits for every command still queued (a deadline stops waiting, not the command)
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), CLOSE_TIMEOUT_MS)));
-      const closed = await Promise.race([redis.close().then(() => 'closed', () => 'late'), late]).finally(() => clearTimeout(timer));
-      if (closed === 'late') await drop();
+      await within(redis.close(), CLOSE_TIMEOUT_MS).catch(drop);
     },
   };
 }
