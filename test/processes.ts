@@ -295,13 +295,37 @@ export class SentinelTopology {
   }
 
   /** waits until the sentinels name a primary other than `old`, which answers as one */
-  async failedOver(old: number): Promise<number> {
+  async failedOver(old: number, ms = 20_000): Promise<number> {
     let now = old;
     await until('the sentinels to promote the replica', async () => {
       now = await this.primaryPort();
       return now !== old && (await redisCli(['-p', String(now), 'ROLE'])).startsWith('master');
-    });
+    }, ms);
     return now;
+  }
+
+  /**
+   * A planned switch of primaries (SENTINEL FAILOVER); resolves with the new primary's port. Asked again until it
+   * happens: a sentinel refuses while it still counts an earlier failover, and answers OK but then aborts
+   * (-failover-abort-no-good-slave) when its last look at the replica was not fresh enough.
+   */
+  async switchover(): Promise<number> {
+    const old = await this.primaryPort();
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const reply = await redisCli(['-p', String(this.sentinels[0]!.port), 'SENTINEL', 'FAILOVER', SentinelTopology.NAME]);
+      if (reply.trim() === 'OK') {
+        try {
+          return await this.failedOver(old, 10_000);
+        } catch (err) {
+          if (Date.now() > deadline) throw err;
+        }
+      } else if (Date.now() > deadline) {
+        throw new Error(`the sentinels would not switch primaries: ${reply.trim()}`);
+      } else {
+        await sleep(250);
+      }
+    }
   }
 
   /** starts the killed node again on its port (it comes back as a replica, as the sentinels reconfigure it) */

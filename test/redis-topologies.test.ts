@@ -189,12 +189,7 @@ describeWith(['redis-server', 'redis-cli'], 'sessions on Redis Sentinel, through
     await replicaBack();
     const old = await topology.primaryPort();
 
-    // a sentinel refuses while it still counts an earlier failover in progress, or has not yet seen the replica as good
-    await until('a sentinel to start the failover', async () => {
-      const reply = await redisCli(['-p', String(topology.sentinels[0]!.port), 'SENTINEL', 'FAILOVER', SentinelTopology.NAME]);
-      return reply.trim() === 'OK';
-    }, 30_000);
-    await topology.failedOver(old);
+    await topology.switchover();
     // the client's connection to the old primary is still open: its first write there meets READONLY. (A write that
     // reached the old primary between the promotion and its demotion is lost: Sentinel does not pause writes)
     await until('the old primary to be a replica', async () => (await redisCli(['-p', String(old), 'ROLE'])).startsWith('slave'));
