@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 
 export type LogLevel = 'silent' | 'error' | 'warn' | 'info' | 'debug';
+export type LogFormat = 'pretty' | 'json';
 export type CookieSecure = boolean | 'auto';
 export type TrustProxy = boolean | number | string[];
 
@@ -38,6 +39,11 @@ export interface Config {
   sessionMemoryMax: number;
   loginRateLimitPerMinute: number;
   logLevel: LogLevel;
+  /** human-readable lines (pino-pretty) or JSON */
+  logFormat: LogFormat;
+  /** the metrics and health listener's port; undefined: no such listener */
+  metricsPort: number | undefined;
+  metricsHost: string;
   /** origins (scheme://host[:port], as browsers send them) allowed to make unsafe cross-origin requests */
   trustedOrigins: string[];
   /** sessions one user may hold; a login past it ends that user's least recently seen */
@@ -69,11 +75,21 @@ export class ConfigError extends Error {
   }
 }
 
+/** whether a package can be loaded (pino-pretty is a dev dependency: a production install has none) */
+export function installed(name: string): boolean {
+  try {
+    require.resolve(name);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /**
- * Reads the configuration from an environment map. Pure: no I/O. Collects every problem and throws one
- * ConfigError naming each bad variable.
+ * Reads the configuration from an environment map; no I/O but asking `isInstalled` whether pino-pretty is there.
+ * Collects every problem and throws one ConfigError naming each bad variable.
  */
-export function loadConfig(env: Env): Readonly<Config> {
+export function loadConfig(env: Env, isInstalled: (name: string) => boolean = installed): Readonly<Config> {
   const problems: string[] = [];
   const warnings: string[] = [];
   // an empty value (`NAME=` in a .env file) means "use the default"
@@ -131,6 +147,17 @@ export function loadConfig(env: Env): Readonly<Config> {
   const sessionMemoryMax = integer('SESSION_MEMORY_MAX', 100_000, 1, 100_000_000);
   const loginRateLimitPerMinute = integer('LOGIN_RATE_LIMIT_PER_MINUTE', 20, 0, 1_000_000);
   const logLevel = oneOf('LOG_LEVEL', LOG_LEVELS, 'info');
+  const prettyInstalled = isInstalled('pino-pretty');
+  const logFormat = oneOf<LogFormat>('LOG_FORMAT', ['pretty', 'json'], !production && prettyInstalled ? 'pretty' : 'json');
+  if (read('LOG_FORMAT') === 'pretty' && !prettyInstalled) {
+    problems.push('LOG_FORMAT=pretty needs pino-pretty, which is not installed (a development dependency: npm install, or LOG_FORMAT=json)');
+  }
+  const metricsPort = read('METRICS_PORT') === undefined ? undefined : integer('METRICS_PORT', 0, 1, 65535);
+  if (metricsPort !== undefined && metricsPort === port) problems.push(`METRICS_PORT must differ from APPLICATION_PORT (both ${port})`);
+  const metricsHost = read('METRICS_HOST') ?? '127.0.0.1';
+  if (!isIP(metricsHost) && !/^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$/.test(metricsHost)) {
+    problems.push(`METRICS_HOST must be an IP address or a host name (got "${metricsHost}")`);
+  }
   const trustedOrigins = readTrustedOrigins(read('TRUSTED_ORIGINS'), problems);
   const sessionMaxPerUser = integer('SESSION_MAX_PER_USER', 50, 1, 10_000);
   const adminToken = read('ADMIN_TOKEN');
@@ -154,6 +181,9 @@ export function loadConfig(env: Env): Readonly<Config> {
     sessionMemoryMax,
     loginRateLimitPerMinute,
     logLevel,
+    logFormat,
+    metricsPort,
+    metricsHost,
     trustedOrigins,
     sessionMaxPerUser,
     adminToken,

@@ -1,15 +1,53 @@
-import { createHmac } from 'node:crypto';
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { createHmac, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { RequestHandler } from 'express';
-import pino, { type Logger } from 'pino';
+import pino, { type DestinationStream, type Logger } from 'pino';
 import pinoHttp from 'pino-http';
 import type { Config } from './config';
 import { CrossOriginError, isRefusal, StoreUnavailableError, type HttpError } from './errors';
 import type { Audit } from './stores/types';
 
-/** JSON lines on stdout at LOG_LEVEL */
-export function createLogger(config: Pick<Config, 'logLevel'>): Logger {
-  return pino({ level: config.logLevel });
+// the ID of the request whose work is running: every line logged on its behalf carries it, the store's audit lines too
+const requestIds = new AsyncLocalStorage<string>();
+
+/**
+ * Lines at LOG_LEVEL: JSON, or pino-pretty's human-readable lines with LOG_FORMAT=pretty (a dev dependency, loaded
+ * only then); to `destination` when given (tests keep the lines). Every line logged while a request is handled
+ * carries its `requestId`.
+ */
+export function createLogger(config: Pick<Config, 'logLevel'> & Partial<Pick<Config, 'logFormat'>>, destination?: DestinationStream): Logger {
+  const options = {
+    level: config.logLevel,
+    mixin: () => {
+      const requestId = requestIds.getStore();
+      return requestId === undefined ? {} : { requestId };
+    },
+  };
+  if (destination) return pino(options, destination);
+  if (config.logFormat !== 'pretty') return pino(options);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded only when asked for: production installs no dev dependency
+  const pretty = require('pino-pretty') as typeof import('pino-pretty');
+  return pino(options, pretty({ colorize: process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true, sync: true }));
+}
+
+// what an inbound X-Request-Id may be: anything else (too long, empty, spaces, control characters, two joined by
+// a comma) could forge or break log lines, and is replaced
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/**
+ * The request's ID: the caller's `X-Request-Id` when it is 1 to 128 of `A-Za-z0-9._:-`, else a new UUID. Set as
+ * `req.id` (the request line's `requestId`), echoed in the response, and carried by every line the request logs.
+ */
+export function requestId(logged: boolean): RequestHandler {
+  return (req, res, next) => {
+    const inbound = req.headers['x-request-id'];
+    const id = typeof inbound === 'string' && REQUEST_ID.test(inbound) ? inbound : randomUUID();
+    req.id = id;
+    res.setHeader('X-Request-Id', id);
+    if (logged) requestIds.run(id, next);
+    else next();
+  };
 }
 
 /**
@@ -39,9 +77,13 @@ function refusal(err: HttpError): Record<string, unknown> {
  * message and cause); only an unexpected error is an `error`, with its stack.
  */
 export function requestLogger(logger: Logger): RequestHandler {
+  // the request's ID on its own line, whatever async context the response ends in
+  const withId = (req: IncomingMessage, value: Record<string, unknown>) => ({ ...value, requestId: req.id });
   return pinoHttp({
     logger,
     wrapSerializers: false,
+    customSuccessObject: (req, _res, value: Record<string, unknown>) => withId(req, value),
+    customErrorObject: (req, _res, _err, value: Record<string, unknown>) => withId(req, value),
     serializers: {
       req: (req: IncomingMessage) => ({ method: req.method, path: (req.url ?? '').split('?', 1)[0] }),
       res: (res: ServerResponse) => ({ status: res.statusCode }),

@@ -1,10 +1,16 @@
-// The only module that touches the process: environment, port, signals. Nothing imports it.
+// The only module that touches the process: environment, ports, signals. Nothing imports it.
+// First the environment (.env), then tracing when asked for, before anything it would trace is loaded
+import './environment';
+import { stopTracing } from './tracing';
+import http from 'node:http';
 import { getHeapStatistics } from 'node:v8';
-import dotenv from 'dotenv';
 import { createApp } from './app';
 import { ConfigError, loadConfig } from './config';
 import { createHttpServer } from './http-server';
 import { createLogger } from './logger';
+import { createMetrics } from './metrics';
+import { createMetricsApp } from './metrics-server';
+import type { Lifecycle } from './routes/health';
 import { createSessionStore, heapWarning } from './stores';
 
 // in-flight requests get this long after SIGTERM/SIGINT; then their connections are cut and the process ends (the
@@ -12,9 +18,6 @@ import { createSessionStore, heapWarning } from './stores';
 const SHUTDOWN_GRACE_MS = 8000;
 
 async function main(): Promise<void> {
-  // as in the tutorial: a .env file outside production; in production the environment is the only source
-  if (process.env.NODE_ENV !== 'production') dotenv.config({ quiet: true });
-
   let config;
   try {
     config = loadConfig(process.env);
@@ -29,7 +32,8 @@ async function main(): Promise<void> {
   const heap = heapWarning(config, getHeapStatistics().heap_size_limit);
   if (heap) logger.warn(heap);
 
-  const sessions = await createSessionStore(config, logger);
+  const metrics = config.metricsPort === undefined ? undefined : createMetrics();
+  const sessions = await createSessionStore(config, logger, metrics);
   try {
     await sessions.ready();
   } catch (err) {
@@ -37,7 +41,9 @@ async function main(): Promise<void> {
     process.exit(1);
   }
 
-  const app = createApp({ config, store: sessions.store, rateLimitStore: sessions.rateLimitStore?.(), logger });
+  const lifecycle: Lifecycle = { stopping: false };
+  const rateLimitStore = sessions.rateLimitStore?.();
+  const app = createApp({ config, store: sessions.store, rateLimitStore, logger, metrics, lifecycle });
   const server = createHttpServer(app).listen(config.port);
   server.on('listening', () => {
     const address = server.address();
@@ -49,19 +55,37 @@ async function main(): Promise<void> {
     process.exit(1);
   });
 
+  // the metrics and health listener: open until the process ends, so probes see /readyz 503 through the drain
+  const metricsServer =
+    metrics && config.metricsPort !== undefined
+      ? http
+          .createServer(createMetricsApp(metrics, { store: sessions.store, loginCounter: config.loginRateLimitPerMinute > 0 ? rateLimitStore : undefined, lifecycle }))
+          .listen(config.metricsPort, config.metricsHost)
+      : undefined;
+  metricsServer?.on('listening', () => logger.info(`metrics at http://${config.metricsHost}:${config.metricsPort}/metrics`));
+  metricsServer?.on('error', (err: NodeJS.ErrnoException) => {
+    console.error(`Cannot listen on ${config.metricsHost}:${config.metricsPort} (METRICS_HOST, METRICS_PORT): ${err.code ?? err.message}`);
+    process.exit(1);
+  });
+
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) return;
     stopping = true;
+    // from now on /readyz answers 503: a load balancer stops sending new requests while these finish
+    lifecycle.stopping = true;
     logger.info({ signal }, 'shutting down');
     let finishing = false;
     const finish = (): void => {
       if (finishing) return;
       finishing = true;
-      sessions
-        .close()
-        .catch((err: unknown) => logger.warn({ err }, 'closing the session store failed'))
-        .finally(() => process.exit(0));
+      metricsServer?.closeAllConnections();
+      metricsServer?.close();
+      Promise.all([
+        sessions.close().catch((err: unknown) => logger.warn({ err }, 'closing the session store failed')),
+        // the last spans out, a second at most
+        stopTracing(),
+      ]).finally(() => process.exit(0));
     };
     // the grace is over: cut what is left and end, whether or not every connection has reported closing
     setTimeout(() => {

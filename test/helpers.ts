@@ -7,11 +7,12 @@ import { Store, type Session, type SessionData } from 'express-session';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import newman, { type NewmanRunSummary } from 'newman';
-import pino, { type Logger } from 'pino';
+import type { Logger } from 'pino';
 import request, { type Response } from 'supertest';
 import { createApp } from '../src/app';
 import { createHttpServer, type TimeoutOptions } from '../src/http-server';
-import { loadConfig, type Config, type Env } from '../src/config';
+import { loadConfig, type Config, type Env, type LogLevel } from '../src/config';
+import { createLogger } from '../src/logger';
 import { StoreUnavailableError } from '../src/errors';
 import type { BoundedMemoryStore } from '../src/stores/memory';
 import type { ActiveSession, SessionIndex } from '../src/stores/types';
@@ -22,7 +23,7 @@ export { ClusterTopology, freePort, installed, listening, redisCli, RedisServer,
 
 /** configuration as the server would read it, quiet and unthrottled unless a test says otherwise */
 export function testConfig(env: Env = {}): Readonly<Config> {
-  return loadConfig({ LOG_LEVEL: 'silent', LOGIN_RATE_LIMIT_PER_MINUTE: '0', ...env });
+  return loadConfig({ LOG_LEVEL: 'silent', LOG_FORMAT: 'json', LOGIN_RATE_LIMIT_PER_MINUTE: '0', ...env });
 }
 
 
@@ -73,7 +74,7 @@ export function capturedLogger(level = 'info'): { logger: Logger; lines: Record<
       done();
     },
   });
-  return { logger: pino({ level }, sink), lines, raw };
+  return { logger: createLogger({ logLevel: level as LogLevel }, sink), lines, raw };
 }
 
 /** how many sessions a memory store holds (its callbacks run synchronously) */
@@ -237,6 +238,7 @@ export function runCollection(baseUrl: string): Promise<NewmanRunSummary> {
 export function startServer(env: Record<string, string>): Run {
   return spawnNode(['-r', 'ts-node/register/transpile-only', path.join(ROOT, 'src', 'server.ts')], {
     LOG_LEVEL: 'silent',
+    LOG_FORMAT: 'json',
     LOGIN_RATE_LIMIT_PER_MINUTE: '0',
     ...env,
   });

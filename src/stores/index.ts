@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config';
 import { sessionAudit } from '../logger';
+import type { Metrics } from '../metrics';
 import { createExpiryRule } from '../session';
 import { BoundedMemoryStore } from './memory';
 import type { Audit, SessionStore } from './types';
@@ -15,19 +16,33 @@ const SERVER_HEAP_BYTES = 64 * 2 ** 20;
 
 /**
  * The session store named by SESSION_STORE: `memory` (bounded, one process) or `redis` (shared by every
- * instance; its packages are loaded only when chosen).
+ * instance; its packages are loaded only when chosen). With `metrics`, its operations are timed, its sessions'
+ * ends counted and, for the memory store, its size watched.
  */
-export async function createSessionStore(config: Readonly<Config>, logger: Logger): Promise<SessionStore> {
-  const audit = sessionAudit(logger, config.secrets);
+export async function createSessionStore(config: Readonly<Config>, logger: Logger, metrics?: Metrics): Promise<SessionStore> {
+  const audit = bothAudits(sessionAudit(logger, config.secrets), metrics?.sessionEvents);
+  let sessions: SessionStore;
   if (config.sessionStore === 'redis') {
     const { createRedisSessionStore } = await import('./redis');
-    return createRedisSessionStore(config, createExpiryRule(config), logger, audit);
+    sessions = createRedisSessionStore(config, createExpiryRule(config), logger, audit);
+  } else {
+    const store = createMemoryStore(config, audit);
+    metrics?.watchSize(store);
+    sessions = { store, ready: async () => {}, close: async () => store.close() };
   }
-  const store = createMemoryStore(config, audit);
-  return {
-    store,
-    ready: async () => {},
-    close: async () => store.close(),
+  if (!metrics) return sessions;
+  metrics.instrumentStore(sessions.store, config.sessionStore);
+  const counter = sessions.rateLimitStore;
+  if (counter) sessions.rateLimitStore = () => metrics.instrumentLoginCounter(counter(), config.sessionStore);
+  return sessions;
+}
+
+// the audit log and the metrics both hear of every session's start and end
+function bothAudits(log: Audit | undefined, count: Audit | undefined): Audit | undefined {
+  if (!log || !count) return log ?? count;
+  return (event) => {
+    log(event);
+    count(event);
   };
 }
 

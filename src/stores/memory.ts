@@ -85,6 +85,16 @@ export class BoundedMemoryStore extends Store implements SessionIndex {
     this.timer.unref();
   }
 
+  /** sessions held now, expired ones not yet swept included: O(1) */
+  get size(): number {
+    return this.sessions.size;
+  }
+
+  /** most live sessions held at once */
+  get capacity(): number {
+    return this.options.max;
+  }
+
   override get(sid: string, callback: GetCallback): void {
     const entry = this.live(sid);
     if (!entry) {
