@@ -163,9 +163,11 @@ export function createMetrics(): Metrics {
     };
   };
 
-  // callback methods: the callback is the last argument, and optional for set, destroy and touch
+  // callback methods: the callback is the last argument, and optional for set, destroy and touch. A method the store
+  // does not have stays absent (express-session skips a store's `touch` when there is none)
   const wrapCallback = (target: Record<string, unknown>, method: string, operation: string, kind: StoreKind) => {
-    const original = target[method] as (...args: unknown[]) => unknown;
+    const original = target[method];
+    if (typeof original !== 'function') return;
     const timer = timed(operation, kind);
     target[method] = function (this: unknown, ...args: unknown[]) {
       const started = timer.started();
@@ -177,7 +179,7 @@ export function createMetrics(): Metrics {
       };
       if (callback) args[last] = done;
       else args.push(done);
-      return original.apply(this, args);
+      return (original as (...rest: unknown[]) => unknown).apply(this, args);
     };
   };
   const wrapPromise = (target: Record<string, unknown>, method: string, operation: string, kind: StoreKind) => {

@@ -19,7 +19,7 @@ import type { ActiveSession, SessionIndex } from '../src/stores/types';
 import { createMemoryStore } from '../src/stores';
 import { installed, ROOT, sleep, spawnNode, type Run } from './processes';
 
-export { ClusterTopology, freePort, installed, listening, redisCli, RedisServer, SentinelTopology, sleep, until, type Run } from './processes';
+export { ClusterTopology, freePort, installed, listening, listeningSockets, redisCli, RedisServer, SentinelTopology, sleep, until, type Run } from './processes';
 
 /** configuration as the server would read it, quiet and unthrottled unless a test says otherwise */
 export function testConfig(env: Env = {}): Readonly<Config> {
@@ -235,8 +235,8 @@ export function runCollection(baseUrl: string): Promise<NewmanRunSummary> {
 }
 
 /** the real entry point, as `npm start` runs it (without the watcher), in a process of its own */
-export function startServer(env: Record<string, string>): Run {
-  return spawnNode(['-r', 'ts-node/register/transpile-only', path.join(ROOT, 'src', 'server.ts')], {
+export function startServer(env: Record<string, string>, nodeArgs: string[] = []): Run {
+  return spawnNode([...nodeArgs, '-r', 'ts-node/register/transpile-only', path.join(ROOT, 'src', 'server.ts')], {
     LOG_LEVEL: 'silent',
     LOG_FORMAT: 'json',
     LOGIN_RATE_LIMIT_PER_MINUTE: '0',

@@ -3,6 +3,7 @@ import request from 'supertest';
 import { createApp } from '../src/app';
 import type { Env } from '../src/config';
 import { StoreUnavailableError } from '../src/errors';
+import { sessionAudit } from '../src/logger';
 import { createMemoryStore } from '../src/stores';
 import { capturedLogger, testConfig, TestStore } from './helpers';
 
@@ -10,7 +11,8 @@ import { capturedLogger, testConfig, TestStore } from './helpers';
 function loggedApp(env: Env = {}, store?: TestStore) {
   const config = testConfig({ LOG_LEVEL: 'info', ...env });
   const { logger, lines, raw } = capturedLogger('info');
-  return { app: createApp({ config, store: store ?? createMemoryStore(config), logger }), lines, raw };
+  // the memory store tells the same log of each session's start and end, as the server wires it
+  return { app: createApp({ config, store: store ?? createMemoryStore(config, sessionAudit(logger, config.secrets)), logger }), lines, raw };
 }
 
 /** a store that cannot be reached: every read fails as the Redis store fails when Redis stalls */
@@ -85,5 +87,80 @@ describe('the log of a refused request', () => {
       stderr.mockRestore();
       warn.mockRestore();
     }
+  });
+});
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+describe('request IDs', () => {
+  it.each([
+    ['letters, digits and . _ : -', 'abc-123.XYZ_9:0'],
+    ['128 characters', 'a'.repeat(128)],
+  ])('when X-Request-Id is %s, then it is kept and echoed', async (_what, id) => {
+    const { app } = loggedApp();
+
+    const res = await request(app).get('/user').set('X-Request-Id', id);
+
+    expect(res.headers['x-request-id']).toBe(id);
+  });
+
+  it.each([
+    ['129 characters', 'a'.repeat(129)],
+    ['empty', ''],
+    ['a tab (a control character)', 'abc\tdef'],
+    ['a space', 'abc def'],
+    ['two values joined by a comma', 'abc,def'],
+    ['a character outside ASCII', 'caf\u00e9'],
+    ['a would-be log line', 'x"}\\n{"level":60'],
+  ])('when X-Request-Id is %s, then a new UUID replaces it', async (_what, id) => {
+    const { app, lines } = loggedApp();
+
+    const res = await request(app).get('/user').set('X-Request-Id', id);
+
+    expect(res.headers['x-request-id']).toMatch(UUID);
+    expect(lines.at(-1)?.requestId).toBe(res.headers['x-request-id']);
+  });
+
+  it('when no X-Request-Id is sent, then every answer has a new one, errors included', async () => {
+    const { app } = loggedApp();
+
+    const answers = await Promise.all([request(app).get('/user'), request(app).get('/nowhere'), request(app).post('/login')]);
+
+    expect(answers.map((res) => res.status)).toEqual([200, 404, 400]);
+    for (const res of answers) expect(res.headers['x-request-id']).toMatch(UUID);
+    expect(new Set(answers.map((res) => res.headers['x-request-id'])).size).toBe(3);
+  });
+
+  it('when a login and a logout run, then their request lines and the audit lines they cause carry their own IDs', async () => {
+    const { app, lines } = loggedApp();
+
+    const res = await request(app).post('/login?name=traced').set('X-Request-Id', 'login-1').expect(201);
+    const cookie = res.headers['set-cookie']![0]!.split(';', 1)[0]!;
+    await request(app).post('/logout').set('Cookie', cookie).set('X-Request-Id', 'logout-1').expect(204);
+
+    expect(lines.map((line) => [line.msg, line.requestId])).toEqual([
+      ['session_created', 'login-1'],
+      ['request completed', 'login-1'],
+      ['session_ended: logout', 'logout-1'],
+      ['request completed', 'logout-1'],
+    ]);
+  });
+
+  it('when 30 logins run at once, then each audit line carries the ID of the request that caused it', async () => {
+    const { app, lines } = loggedApp();
+
+    await Promise.all(Array.from({ length: 30 }, (_, i) => request(app).post(`/login?name=user-${i}`).set('X-Request-Id', `req-${i}`).expect(201)));
+
+    const created = lines.filter((line) => line.event === 'session_created');
+    expect(created).toHaveLength(30);
+    for (const line of created) expect(line.requestId).toBe(`req-${String(line.user).slice('user-'.length)}`);
+  });
+
+  it('when a refusal is logged, then its warn line carries the ID too', async () => {
+    const { app, lines } = loggedApp({}, new UnreachableStore());
+
+    await request(app).post('/login?name=a').set('X-Request-Id', 'refused-1').expect(503);
+
+    expect(lines).toEqual([expect.objectContaining({ level: 40, requestId: 'refused-1' })]);
   });
 });

@@ -2,7 +2,7 @@
 // Sentinel and Cluster topologies. No jest globals here, so the benchmark can use it too.
 import { spawn, spawnSync, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -23,6 +23,31 @@ export async function freePort(): Promise<number> {
 /** whether a program is on the PATH (or, given a path, executable there) */
 export function installed(program: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${program}`]).status === 0;
+}
+
+/** the TCP ports process `pid` listens on, with their addresses (IPv4 dotted, IPv6 as Linux prints it), from /proc */
+export function listeningSockets(pid: number): string[] {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const match = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (match) inodes.add(match[1]!);
+    } catch {
+      // closed while we looked
+    }
+  }
+  const sockets: string[] = [];
+  for (const table of ['tcp', 'tcp6']) {
+    for (const row of readFileSync(`/proc/${pid}/net/${table}`, 'utf8').trim().split('\n').slice(1)) {
+      const [, local = '', , state, , , , , , inode = ''] = row.trim().split(/\s+/);
+      // 0A: LISTEN
+      if (state !== '0A' || !inodes.has(inode)) continue;
+      const [address = '', port = ''] = local.split(':');
+      const host = table === 'tcp' ? (address.match(/../g) ?? []).reverse().map((byte) => parseInt(byte, 16)).join('.') : address;
+      sockets.push(`${host}:${parseInt(port, 16)}`);
+    }
+  }
+  return sockets.sort();
 }
 
 export interface Run {
