@@ -343,6 +343,42 @@ describe('the Redis topology', () => {
   });
 });
 
+describe('operability variables', () => {
+  const notInstalled = () => false;
+
+  it('when nothing is set, then there is no metrics listener, and lines are pretty outside production and JSON in it', () => {
+    expect(loadConfig({})).toEqual(expect.objectContaining({ metricsPort: undefined, metricsHost: '127.0.0.1', logFormat: 'pretty' }));
+    expect(loadConfig({ NODE_ENV: 'production', SESSION_SECRET: 'x'.repeat(40) }).logFormat).toBe('json');
+  });
+
+  it('when pino-pretty is not installed, then the default is JSON, and LOG_FORMAT=pretty stops start-up naming LOG_FORMAT', () => {
+    expect(loadConfig({}, notInstalled).logFormat).toBe('json');
+    expect(loadConfig({ LOG_FORMAT: 'json' }, notInstalled).logFormat).toBe('json');
+    expect(() => loadConfig({ LOG_FORMAT: 'pretty' }, notInstalled)).toThrow(/LOG_FORMAT=pretty needs pino-pretty, which is not installed/);
+  });
+
+  it('when LOG_FORMAT is set, then it wins over the default either way', () => {
+    expect(loadConfig({ LOG_FORMAT: 'json' }).logFormat).toBe('json');
+    expect(loadConfig({ LOG_FORMAT: 'pretty', NODE_ENV: 'production', SESSION_SECRET: 'x'.repeat(40) }).logFormat).toBe('pretty');
+  });
+
+  it('when METRICS_PORT and METRICS_HOST are set, then they are read', () => {
+    expect(loadConfig({ METRICS_PORT: '9464', METRICS_HOST: '0.0.0.0' })).toEqual(expect.objectContaining({ metricsPort: 9464, metricsHost: '0.0.0.0' }));
+    expect(loadConfig({ METRICS_PORT: '9464', METRICS_HOST: 'metrics.internal' }).metricsHost).toBe('metrics.internal');
+  });
+
+  it.each([
+    ['METRICS_PORT', { METRICS_PORT: 'abc' }, /METRICS_PORT must be a whole number from 1 to 65535/],
+    ['METRICS_PORT', { METRICS_PORT: '0' }, /METRICS_PORT must be a whole number from 1 to 65535/],
+    ['METRICS_PORT', { METRICS_PORT: '70000' }, /METRICS_PORT must be a whole number from 1 to 65535/],
+    ['METRICS_PORT', { METRICS_PORT: '7501' }, /METRICS_PORT must differ from APPLICATION_PORT/],
+    ['METRICS_HOST', { METRICS_PORT: '9464', METRICS_HOST: 'http://x' }, /METRICS_HOST must be an IP address or a host name/],
+    ['LOG_FORMAT', { LOG_FORMAT: 'xml' }, /LOG_FORMAT must be one of pretty, json/],
+  ])('when %s is invalid, then start-up stops naming it', (_name, env, message) => {
+    expect(() => loadConfig(env)).toThrow(message);
+  });
+});
+
 describe('.env.example', () => {
   const example = readFileSync(path.join(ROOT, '.env.example'), 'utf8');
   const set = Object.fromEntries(
