@@ -7,7 +7,7 @@ import type { Config } from './config';
 import { crossOriginProtection } from './cross-origin';
 import { handleErrors, notFound } from './errors';
 import { createLogger, requestId, requestLogger } from './logger';
-import { nameRoute, type Metrics } from './metrics';
+import type { Metrics } from './metrics';
 import { addAdminRoutes } from './routes/admin';
 import { addHealthRoutes, type Lifecycle } from './routes/health';
 import { addSessionRoutes } from './routes/session';
@@ -44,12 +44,12 @@ export function createApp({
   app.set('etag', false);
   app.set('trust proxy', config.trustProxy);
 
-  const logged = config.logLevel !== 'silent';
-  // first: every answer carries its ID, and is timed whatever later middleware does with it
-  app.use(requestId(logged));
+  // first: every answer carries its ID (and every line the logger writes for it), and is timed whatever later
+  // middleware does with it
+  app.use(requestId(logger.level !== 'silent'));
   if (metrics) app.use(metrics.requests);
   app.use(helmet());
-  if (logged) app.use(requestLogger(logger));
+  if (config.logLevel !== 'silent') app.use(requestLogger(logger));
   // before every route, 404 and 405 included: a refused request never loads or creates a session
   app.use(crossOriginProtection(config.trustedOrigins));
   addHealthRoutes(app.router, { store, loginCounter: config.loginRateLimitPerMinute > 0 ? rateLimitStore : undefined, lifecycle });
@@ -61,7 +61,7 @@ export function createApp({
   app.use(
     express.static(path.join(__dirname, 'public'), {
       redirect: false,
-      setHeaders: metrics ? (res) => nameRoute(res as Parameters<typeof nameRoute>[0], STATIC_ROUTE) : undefined,
+      setHeaders: metrics ? (res) => metrics.nameRoute(res as Parameters<Metrics['nameRoute']>[0], STATIC_ROUTE) : undefined,
     }),
   );
   app.use(notFound);

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import http, { IncomingMessage, ServerResponse, STATUS_CODES, type Server, type ServerOptions } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -65,9 +66,9 @@ const REFUSALS: Readonly<Record<string, readonly [number, string]>> = {
 
 /**
  * What Node does with a request it cannot parse or that came too slowly (its default `clientError` handling),
- * with a JSON body: the same statuses (431, 413, 408, else 400), an answer only when nothing of a response has
- * been written on the connection yet, and the socket destroyed afterwards, so a client that never closes its end
- * keeps nothing open here.
+ * with a JSON body and a request ID of its own, as every answer has: the same statuses (431, 413, 408, else 400),
+ * an answer only when nothing of a response has been written on the connection yet, and the socket destroyed
+ * afterwards, so a client that never closes its end keeps nothing open here.
  */
 export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
   if (err.code !== 'ECONNRESET' && socket.writable && !responseUnderway(socket)) {
@@ -75,7 +76,7 @@ export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): v
     const body = JSON.stringify({ error: message });
     socket.write(
       `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
-        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+        `Content-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${randomUUID()}\r\nConnection: close\r\n\r\n${body}`,
     );
   }
   socket.destroy();

@@ -1,5 +1,6 @@
 import express, { type Express } from 'express';
 import { handleErrors, methodNotAllowed, notFound } from './errors';
+import { requestId } from './logger';
 import type { Metrics } from './metrics';
 import { addHealthRoutes, type HealthOptions } from './routes/health';
 
@@ -12,6 +13,7 @@ export function createMetricsApp(metrics: Metrics, health: HealthOptions): Expre
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
+  app.use(requestId(false));
   app
     .route('/metrics')
     .get(async (_req, res) => {

@@ -6,7 +6,8 @@ import { CrossOriginError } from './errors';
 import { StoreFullError } from './stores/memory';
 import type { Audit, EndReason, IndexedStore } from './stores/types';
 
-// Prometheus through prom-client, with a middleware of our own: express-prom-bundle cost 13 to 19 % of a GET /user's
+// Prometheus through prom-client, loaded only when METRICS_PORT asks for metrics (the server imports this module
+// then, and the app only its types), with a middleware of our own: express-prom-bundle cost 13 to 19 % of a GET /user's
 // throughput here, and labels raw paths, so 500 random URLs would be 500 series.
 
 /** what a login came to, as `sessions_logins_total{result}` counts it */
@@ -29,11 +30,6 @@ const LOGIN_PATH = /^\/login\/?$/i;
 
 // responses whose route a middleware named without a router's route (the page's static files)
 const namedRoutes = new WeakMap<Response, string>();
-
-/** names the route of a response no router route serves (express.static's files): a template, never a raw path */
-export function nameRoute(res: Response, template: string): void {
-  namedRoutes.set(res, template);
-}
 
 /** the route template a request matched (`req.baseUrl + req.route.path`), or `unmatched` */
 export function routeOf(req: Request, res: Response): string {
@@ -72,6 +68,8 @@ export interface Metrics {
   readonly registry: Registry;
   /** the first middleware of the app: times each request and counts logins as they end */
   readonly requests: RequestHandler;
+  /** names the route of a response no router route serves (express.static's files): a template, never a raw path */
+  nameRoute(res: Response, template: string): void;
   /** counts sessions as they end, by the audit log's reason */
   readonly sessionEvents: Audit;
   /** times the store's operations and counts their failures, in place; returns the same store */
@@ -201,6 +199,7 @@ export function createMetrics(): Metrics {
   return {
     registry,
     requests,
+    nameRoute: (res, template) => namedRoutes.set(res, template),
     sessionEvents: ({ event, reason }) => {
       if (event === 'session_ended' && reason) ended.labels(reason).inc();
     },

@@ -460,15 +460,16 @@ function contract(kind: Kind) {
       const name = someone();
       const a = await login(app, name);
       const b = await login(app, name);
-      await request(app).delete('/sessions').set('Cookie', a.cookie).expect(200);
-      await request(app).post('/logout').set('Cookie', a.cookie).expect(204);
+      await request(app).delete('/sessions').set('Cookie', a.cookie).set('X-Request-Id', 'end-others').expect(200);
+      await request(app).post('/logout').set('Cookie', a.cookie).set('X-Request-Id', 'log-out').expect(204);
 
       const events = lines.filter((line) => line.event === 'session_created' || line.event === 'session_ended');
-      expect(events.map((line) => [line.event, line.reason])).toEqual([
-        ['session_created', undefined],
-        ['session_created', undefined],
-        ['session_ended', 'revoked'],
-        ['session_ended', 'logout'],
+      // each line carries the ID of the request that caused it, through the store's own work
+      expect(events.map((line) => [line.event, line.reason, line.requestId])).toEqual([
+        ['session_created', undefined, expect.stringMatching(/^[0-9a-f-]{36}$/)],
+        ['session_created', undefined, expect.stringMatching(/^[0-9a-f-]{36}$/)],
+        ['session_ended', 'revoked', 'end-others'],
+        ['session_ended', 'logout', 'log-out'],
       ]);
       for (const line of events) {
         expect(line).toMatchObject({ level: 30, user: name, ip: expect.stringMatching(/\.0$|::$/), browser: 'Firefox 133', session: expect.any(String) });

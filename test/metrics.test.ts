@@ -221,6 +221,7 @@ describe('the metrics listener', () => {
     expect(scraped.text).toMatch(/^process_cpu_user_seconds_total \d/m);
     expect(scraped.text).toMatch(/^nodejs_eventloop_lag_seconds \d/m);
     expect(appRoutes.map((res) => res.status)).toEqual([404, 404, 404]);
+    expect(scraped.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
     for (const path of ['/livez', '/readyz', '/healthz']) await request(metricsUrl).get(path).expect(200, { status: 'ok' });
   });
 

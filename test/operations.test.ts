@@ -51,6 +51,24 @@ describe('the metrics listener of the server process', () => {
   });
 });
 
+describe('the metrics listener cannot listen', () => {
+  it('when METRICS_PORT is taken, then the process exits 1 naming METRICS_HOST and METRICS_PORT', async () => {
+    const taken = net.createServer().listen(0, '127.0.0.1');
+    await once(taken, 'listening');
+    const { port } = taken.address() as net.AddressInfo;
+    try {
+      const run = start({ APPLICATION_PORT: String(await freePort()), METRICS_PORT: String(port) });
+
+      const { code } = await run.exited;
+
+      expect(code).toBe(1);
+      expect(run.output()).toContain(`Cannot listen on 127.0.0.1:${port} (METRICS_HOST, METRICS_PORT): EADDRINUSE`);
+    } finally {
+      taken.close();
+    }
+  });
+});
+
 describe('readiness through a shutdown', () => {
   it('when SIGTERM comes while a request is in flight, then /readyz is 503 on both listeners and /livez 200 until that request is answered, and the process exits 0', async () => {
     const metricsPort = await freePort();
@@ -202,6 +220,8 @@ describe('tracing', () => {
 
       expect(off.length).toBeGreaterThan(100);
       expect(off.filter((file) => OPENTELEMETRY_BEYOND_API.test(file))).toEqual([]);
+      // nor prom-client, without METRICS_PORT
+      expect(off.filter((file) => file.includes('node_modules/prom-client/'))).toEqual([]);
       expect(disabled.filter((file) => OPENTELEMETRY_BEYOND_API.test(file))).toEqual([]);
       expect(on.filter((file) => file.includes('node_modules/@opentelemetry/sdk-node/'))).not.toEqual([]);
       expect(on.filter((file) => file.includes('node_modules/@opentelemetry/instrumentation-express/'))).not.toEqual([]);

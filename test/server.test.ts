@@ -125,6 +125,7 @@ describe('the server process', () => {
 
     expect(response).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
     expect(response).toMatch(/content-type: application\/json/i);
+    expect(response).toMatch(/x-request-id: [0-9a-f-]{36}\r\n/i);
     expect(JSON.parse(response.slice(response.indexOf('\r\n\r\n') + 4))).toEqual({ error });
   });
 
