@@ -19,7 +19,7 @@ import type { ActiveSession, SessionIndex } from '../src/stores/types';
 import { createMemoryStore } from '../src/stores';
 import { installed, ROOT, sleep, spawnNode, type Run } from './processes';
 
-export { ClusterTopology, freePort, installed, listening, listeningSockets, redisCli, RedisServer, SentinelTopology, sleep, until, type Run } from './processes';
+export { ClusterTopology, freePort, installed, listening, listeningSockets, rawConnection, redisCli, RedisServer, SentinelTopology, sleep, until, type Run } from './processes';
 
 /** configuration as the server would read it, quiet and unthrottled unless a test says otherwise */
 export function testConfig(env: Env = {}): Readonly<Config> {

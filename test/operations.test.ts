@@ -5,18 +5,9 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import request from 'supertest';
-import { describeWith, freePort, listening, listeningSockets, RedisServer, sleep, startServer, until, type Run } from './helpers';
+import { describeWith, freePort, listening, listeningSockets, rawConnection, RedisServer, sleep, startServer, until, type Run } from './helpers';
 
 const PRODUCTION_SECRET = 'a-production-secret-of-well-over-32-characters';
-
-/** a plain TCP connection to the server, collecting whatever it answers */
-async function rawConnection(port: number): Promise<net.Socket & { response(): string }> {
-  const socket = net.connect(port, '127.0.0.1');
-  let response = '';
-  socket.on('data', (chunk: Buffer) => (response += chunk.toString()));
-  await once(socket, 'connect');
-  return Object.assign(socket, { response: () => response });
-}
 
 const runs: Run[] = [];
 afterEach(() => runs.splice(0).forEach((run) => run.child.exitCode === null && run.child.kill('SIGKILL')));

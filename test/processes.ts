@@ -20,6 +20,15 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
+/** a plain TCP connection to a server on loopback, collecting whatever it answers */
+export async function rawConnection(port: number): Promise<net.Socket & { response(): string }> {
+  const socket = net.connect(port, '127.0.0.1');
+  let response = '';
+  socket.on('data', (chunk: Buffer) => (response += chunk.toString()));
+  await once(socket, 'connect');
+  return Object.assign(socket, { response: () => response });
+}
+
 /** whether a program is on the PATH (or, given a path, executable there) */
 export function installed(program: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${program}`]).status === 0;
@@ -98,11 +107,20 @@ process.on('exit', () => {
 });
 
 /** redis-server with `args`, resolved once it prints `ready` (killed when this process exits) */
+// what each redis-server printed, for a message when a topology does not do what a test waits for
+const logs = new WeakMap<ChildProcess, () => string>();
+
+/** the last `lines` lines a redis-server printed */
+function lastLines(child: ChildProcess | undefined, lines = 40): string {
+  return (child ? (logs.get(child)?.() ?? '') : '').trimEnd().split('\n').slice(-lines).join('\n');
+}
+
 async function spawnRedis(args: string[], ready: RegExp, cwd?: string): Promise<ChildProcess> {
   const child = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'], cwd });
   started.add(child);
   child.on('exit', () => started.delete(child));
   let output = '';
+  logs.set(child, () => output);
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
@@ -241,7 +259,7 @@ const address = (port: number) => `127.0.0.1:${port}`;
 
 /**
  * A primary, a replica and three sentinels on free loopback ports, in a temporary folder of their own (sentinels
- * rewrite their configuration file). Fails over in 2 to 3 s: `down-after-milliseconds` 1000, `failover-timeout` 3000.
+ * rewrite their configuration file). Fails over in 2 to 3 s: `down-after-milliseconds` 1000, `failover-timeout` 10000.
  */
 export class SentinelTopology {
   static readonly NAME = 'mymaster';
@@ -271,7 +289,8 @@ export class SentinelTopology {
           `dir ${this.dir}`,
           `sentinel monitor ${SentinelTopology.NAME} 127.0.0.1 ${primary} 2`,
           `sentinel down-after-milliseconds ${SentinelTopology.NAME} 1000`,
-          `sentinel failover-timeout ${SentinelTopology.NAME} 3000`,
+          // long enough for a promotion on a machine the whole suite keeps busy (3 s was not, now and then)
+          `sentinel failover-timeout ${SentinelTopology.NAME} 10000`,
           `sentinel parallel-syncs ${SentinelTopology.NAME} 1`,
           '',
         ].join('\n'),
@@ -336,14 +355,14 @@ export class SentinelTopology {
    */
   async switchover(): Promise<number> {
     const old = await this.primaryPort();
-    const deadline = Date.now() + 60_000;
+    const deadline = Date.now() + 75_000;
     for (;;) {
       const reply = await redisCli(['-p', String(this.sentinels[0]!.port), 'SENTINEL', 'FAILOVER', SentinelTopology.NAME]);
       if (reply.trim() === 'OK') {
         try {
-          return await this.failedOver(old, 10_000);
+          return await this.failedOver(old, 15_000);
         } catch (err) {
-          if (Date.now() > deadline) throw err;
+          if (Date.now() > deadline) throw new Error(`${(err as Error).message}; the first sentinel's log:\n${lastLines(this.sentinels[0]?.process)}`, { cause: err });
         }
       } else if (Date.now() > deadline) {
         throw new Error(`the sentinels would not switch primaries: ${reply.trim()}`);

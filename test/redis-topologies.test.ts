@@ -205,7 +205,7 @@ describeWith(['redis-server', 'redis-cli'], 'sessions on Redis Sentinel, through
     expect(after.status).toBe(201);
     expect((await whoIs(a, before)).name).toBe('planned');
     expect((await whoIs(a, { name: 'planned-after', cookie: after.cookie! })).name).toBe('planned-after');
-  }, 90_000);
+  }, 150_000);
 
   it('when the first sentinel listed freezes (SIGSTOP: its connections stay open, nothing answers), then requests are served as before', async () => {
     const a = await instance();

@@ -1,16 +1,6 @@
 import { once } from 'node:events';
 import http from 'node:http';
-import net from 'node:net';
-import { freePort, listening, runCollection, sleep, startServer, type Run } from './helpers';
-
-/** a plain TCP connection to the server, collecting whatever it answers */
-async function rawConnection(port: number): Promise<net.Socket & { response(): string }> {
-  const socket = net.connect(port, '127.0.0.1');
-  let response = '';
-  socket.on('data', (chunk: Buffer) => (response += chunk.toString()));
-  await once(socket, 'connect');
-  return Object.assign(socket, { response: () => response });
-}
+import { freePort, listening, rawConnection, runCollection, sleep, startServer, type Run } from './helpers';
 
 describe('the server process', () => {
   const runs: Run[] = [];
