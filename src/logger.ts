@@ -36,6 +36,14 @@ export function createLogger(config: Pick<Config, 'logLevel'> & Partial<Pick<Con
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /**
+ * Runs `fn` outside any request's context: for lines about the process's own work (a Redis connection opened
+ * during one request and failing later), which no request ID should claim.
+ */
+export function outsideRequests<T>(fn: () => T): T {
+  return requestIds.exit(fn);
+}
+
+/**
  * The request's ID: the caller's `X-Request-Id` when it is 1 to 128 of `A-Za-z0-9._:-`, else a new UUID. Set as
  * `req.id` (the request line's `requestId`), echoed in the response, and carried by every line the request logs.
  */

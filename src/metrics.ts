@@ -138,8 +138,10 @@ export function createMetrics(): Metrics {
 
   const requests: RequestHandler = (req, res, next) => {
     const started = performance.now();
-    // 'close' comes once per response, whether it finished or the client went away first
+    // 'close' comes once per response, whether it finished or the client went away first; a request whose client
+    // left before its answer has no status to count (a login's own result included), so it is left out
     res.once('close', () => {
+      if (!res.writableFinished) return;
       observeRequest(METHODS.has(req.method) ? req.method : '_OTHER', routeOf(req, res), res.statusCode, (performance.now() - started) / 1000);
       const result = loginResult(req, res);
       if (result) logins.labels(result).inc();

@@ -77,7 +77,9 @@ async function main(): Promise<void> {
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) return;
     stopping = true;
-    // from now on /readyz answers 503: a load balancer stops sending new requests while these finish
+    // from now on /readyz answers 503, on the connections still open and on the metrics listener, which stays open
+    // through the drain; the public listener stops accepting at once, so a load balancer should stop sending before
+    // the signal comes (Kubernetes: a preStop pause; see docs/operations.md)
     lifecycle.stopping = true;
     logger.info({ signal }, 'shutting down');
     let finishing = false;

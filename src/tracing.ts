@@ -14,11 +14,21 @@ export function tracingRequested(env: NodeJS.ProcessEnv): boolean {
   return Boolean(exporter) || Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim()) || Boolean(env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?.trim());
 }
 
-function startTracing(env: NodeJS.ProcessEnv): NodeSDK {
-  // traces only: Prometheus is the one metrics path, and the log lines go to stdout
+/**
+ * The OTEL_* variables the SDK reads, as this server sets them: traces only (Prometheus is the one metrics path, and
+ * the log lines go to stdout), and a service name of our own only when neither of OpenTelemetry's two ways names
+ * the service (an empty value names nothing).
+ */
+export function tracingEnvironment(env: NodeJS.ProcessEnv): void {
   env.OTEL_METRICS_EXPORTER = 'none';
   env.OTEL_LOGS_EXPORTER = 'none';
-  env.OTEL_SERVICE_NAME ??= 'session-management-app';
+  if (!env.OTEL_SERVICE_NAME?.trim() && !/(^|,)\s*service\.name\s*=/.test(env.OTEL_RESOURCE_ATTRIBUTES ?? '')) {
+    env.OTEL_SERVICE_NAME = 'session-management-app';
+  }
+}
+
+function startTracing(env: NodeJS.ProcessEnv): NodeSDK {
+  tracingEnvironment(env);
   /* eslint-disable @typescript-eslint/no-require-imports -- loaded only when traces are asked for, and synchronously, before what they instrument */
   const { NodeSDK } = require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');
   const { HttpInstrumentation } = require('@opentelemetry/instrumentation-http') as typeof import('@opentelemetry/instrumentation-http');

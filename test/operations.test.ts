@@ -5,6 +5,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import request from 'supertest';
+import { tracingEnvironment } from '../src/tracing';
 import { describeWith, freePort, listening, listeningSockets, rawConnection, RedisServer, sleep, startServer, until, type Run } from './helpers';
 
 const PRODUCTION_SECRET = 'a-production-secret-of-well-over-32-characters';
@@ -184,6 +185,20 @@ async function otlpReceiver(): Promise<{ url: string; spans: Span[]; close(): Pr
 }
 
 describe('tracing', () => {
+  it.each([
+    ['nothing names the service', {}, 'session-management-app'],
+    ['OTEL_SERVICE_NAME is empty', { OTEL_SERVICE_NAME: '' }, 'session-management-app'],
+    ['OTEL_SERVICE_NAME names it', { OTEL_SERVICE_NAME: 'sessions-eu' }, 'sessions-eu'],
+    ['OTEL_RESOURCE_ATTRIBUTES names it', { OTEL_RESOURCE_ATTRIBUTES: 'deployment.environment=prod,service.name=sessions-us' }, undefined],
+  ])('when %s, then the SDK is given the right service name, and neither metrics nor logs', (_what, given, name) => {
+    const env: NodeJS.ProcessEnv = { ...given, OTEL_METRICS_EXPORTER: 'otlp' };
+
+    tracingEnvironment(env);
+
+    expect(env.OTEL_SERVICE_NAME || undefined).toBe(name);
+    expect([env.OTEL_METRICS_EXPORTER, env.OTEL_LOGS_EXPORTER]).toEqual(['none', 'none']);
+  });
+
   const OPENTELEMETRY_BEYOND_API = /node_modules\/@opentelemetry\/(?!api\/)/;
 
   /** the modules a server process loaded, from start to exit, with `env` */

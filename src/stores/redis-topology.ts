@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { createClient, createCluster, createSentinel, type RedisClusterType } from 'redis';
 import { describeNodes, maskUrlPassword, type RedisAuth, type RedisTopology } from '../config';
+import { outsideRequests } from '../logger';
 import type { RedisCommands } from './types';
 
 // a store operation that has not answered by then fails, so a stalled Redis gives a 503 well within 5 s
@@ -198,7 +199,8 @@ export function connectRedis(topology: RedisTopology, logger: Logger): RedisConn
   for (const event of redis.errorEvents) {
     redis.on(event, (err: unknown) => {
       lastError = err;
-      logger.warn({ err, redis: where }, 'redis connection error');
+      // a connection opened during a request keeps its context: the line is about the process, not that request
+      outsideRequests(() => logger.warn({ err, redis: where }, 'redis connection error'));
     });
   }
   let connected = false;
