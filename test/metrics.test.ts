@@ -67,6 +67,9 @@ function parse(text: string): Map<string, number> {
   return series;
 }
 
+/** the series of one metric family, by their lines' names */
+const family = (series: Map<string, number>, name: string) => Object.fromEntries([...series].filter(([line]) => line.startsWith(name)));
+
 const requestCount = (method: string, route: string, status: number) =>
   `http_server_request_duration_seconds_count{http_request_method="${method}",http_route="${route}",http_response_status_code="${status}"}`;
 
@@ -98,7 +101,7 @@ describe('the metrics listener', () => {
     const series = await scrape();
 
     expect(statuses).toEqual([201, 201, 503, 400, 400, 503, 429, 429, 403, 403]);
-    expect(Object.fromEntries([...series].filter(([name]) => name.startsWith('sessions_logins_total')))).toEqual({
+    expect(family(series, 'sessions_logins_total')).toEqual({
       'sessions_logins_total{result="success"}': 2,
       'sessions_logins_total{result="invalid"}': 2,
       'sessions_logins_total{result="rate_limited"}': 2,
@@ -137,7 +140,7 @@ describe('the metrics listener', () => {
     const series = await scrape();
 
     expect([afterEve, afterAnn, series.get('sessions_active')]).toEqual([2, 4, 0]);
-    expect(Object.fromEntries([...series].filter(([name]) => name.startsWith('sessions_ended_total')))).toEqual({
+    expect(family(series, 'sessions_ended_total')).toEqual({
       'sessions_ended_total{reason="logout"}': 1,
       'sessions_ended_total{reason="revoked"}': 1,
       'sessions_ended_total{reason="revoked_by_admin"}': 2,
