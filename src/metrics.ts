@@ -11,7 +11,7 @@ import type { Audit, EndReason, IndexedStore } from './stores/types';
 // throughput here, and labels raw paths, so 500 random URLs would be 500 series.
 
 /** what a login came to, as `sessions_logins_total{result}` counts it */
-export type LoginResult = 'success' | 'invalid' | 'rate_limited' | 'store_full' | 'store_unavailable' | 'cross_origin_refused';
+type LoginResult = 'success' | 'invalid' | 'rate_limited' | 'store_full' | 'store_unavailable' | 'cross_origin_refused';
 
 export type StoreKind = 'memory' | 'redis';
 
@@ -21,7 +21,7 @@ const REQUEST_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 
 const STORE_BUCKETS = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 // every other method (Node's parser knows some thirty) is `_OTHER`, as OpenTelemetry names it
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE']);
-export const UNMATCHED = 'unmatched';
+const UNMATCHED = 'unmatched';
 
 const LOGIN_RESULTS: readonly LoginResult[] = ['success', 'invalid', 'rate_limited', 'store_full', 'store_unavailable', 'cross_origin_refused'];
 const END_REASONS: readonly EndReason[] = ['logout', 'revoked', 'revoked_by_admin', 'evicted', 'idle_timeout', 'absolute_timeout'];
@@ -32,14 +32,14 @@ const LOGIN_PATH = /^\/login\/?$/i;
 const namedRoutes = new WeakMap<Response, string>();
 
 /** the route template a request matched (`req.baseUrl + req.route.path`), or `unmatched` */
-export function routeOf(req: Request, res: Response): string {
+function routeOf(req: Request, res: Response): string {
   const route = req.route as { path?: unknown } | undefined;
   if (typeof route?.path === 'string') return req.baseUrl + route.path;
   return namedRoutes.get(res) ?? UNMATCHED;
 }
 
 /** what a finished `POST /login` came to; undefined for any other request, or a login that failed unexpectedly (500) */
-export function loginResult(req: Request, res: Response): LoginResult | undefined {
+function loginResult(req: Request, res: Response): LoginResult | undefined {
   if (req.method !== 'POST') return undefined;
   const err = res.err;
   if (err instanceof CrossOriginError) return LOGIN_PATH.test(req.path) ? 'cross_origin_refused' : undefined;

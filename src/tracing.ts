@@ -7,7 +7,7 @@ import type { NodeSDK } from '@opentelemetry/sdk-node';
 const UNTRACED = new Set(['/livez', '/readyz', '/healthz', '/metrics']);
 
 /** whether OpenTelemetry's standard variables ask for traces (`none` and OTEL_SDK_DISABLED=true say no) */
-export function tracingRequested(env: NodeJS.ProcessEnv): boolean {
+function tracingRequested(env: NodeJS.ProcessEnv): boolean {
   if (env.OTEL_SDK_DISABLED?.trim().toLowerCase() === 'true') return false;
   const exporter = env.OTEL_TRACES_EXPORTER?.trim();
   if (exporter === 'none') return false;
