@@ -1,6 +1,6 @@
 // The second module the server loads, before http, Express or redis: OpenTelemetry traces only the modules loaded
 // after it starts. Opt-in: unless an OTEL_* variable asks for traces, no OpenTelemetry SDK or instrumentation is
-// loaded at all (the SDK alone took about 0.5 s to load, and instrumenting costs 230 to 290 µs a request).
+// loaded at all (with it, start-up takes about half a second longer: `npm run bench` reports both).
 import type { NodeSDK } from '@opentelemetry/sdk-node';
 
 // the paths probes and scrapers call every few seconds: a span each would be noise
